@@ -1,0 +1,173 @@
+"""`ReformerConfig`: every knob of the model, validated on construction.
+
+Names follow reformer-pytorch where it has one (`dim`, `depth`, `heads`, `bucket_size`,
+`n_hashes`, `causal`, `ff_chunks`), so its users can move over without a glossary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ATTENTION_KINDS = ("lsh", "local", "full")
+BACKENDS = ("auto", "torch", "triton")
+
+
+class ConfigError(ValueError):
+    """A `ReformerConfig` whose values contradict each other; the message says what to change."""
+
+
+@dataclass
+class ReformerConfig:
+    vocab_size: int = 256
+    """Number of token ids (256 for bytes)."""
+    dim: int = 512
+    """Model width d_model; each of the two reversible streams has this width."""
+    depth: int = 6
+    """Number of (attention, feed-forward) layer pairs."""
+    heads: int = 8
+    """Attention heads; `dim` must be divisible by it unless `dim_head` is given."""
+    dim_head: int | None = None
+    """Width of one head; defaults to dim // heads."""
+    ff_mult: int = 4
+    """Feed-forward hidden width is ff_mult * dim (the paper's d_ff = 4 * d_model)."""
+    max_seq_len: int = 4096
+    """Longest input accepted; the axial positional table covers it."""
+    bucket_size: int = 64
+    """Chunk length of LSH and local attention (sec 2: each chunk attends to itself and the
+    chunk before it). Inputs are padded to a multiple of it. A power of two."""
+    n_hashes: int = 4
+    """Hash rounds of LSH attention during training (sec 2, 'multi-round LSH')."""
+    n_buckets: int | None = None
+    """Number of hash buckets; None means 2 * padded_length / bucket_size, recomputed per
+    call (so the mean bucket holds half a chunk). Fix it to make outputs independent of how
+    much padding a batch carries."""
+    causal: bool = True
+    """Autoregressive masking (language modelling); False for masked-LM / bidirectional."""
+    attention: str | list[str] = "lsh"
+    """'lsh' | 'local' | 'full', or one of these per layer."""
+    shared_qk: bool = True
+    """Keys are the length-normalised queries (sec 2). LSH attention requires it."""
+    allow_duplicate_attention: bool = True
+    """False applies appendix A's correction for a key seen in several hash rounds."""
+    attend_across_buckets: bool = True
+    """False masks keys whose bucket differs from the query's inside a chunk."""
+    reversible: bool = True
+    """Reversible residual layers (sec 3); False gives the same network with stored activations."""
+    ff_chunks: int = 1
+    """Feed-forward applied to this many sequence chunks one at a time (sec 3, 'chunking')."""
+    loss_chunk_size: int = 4096
+    """Positions per chunk in `ReformerLM.loss`: the (seq, vocab) logits never exist at once."""
+    axial_shape: tuple[int, ...] | None = None
+    """Factorisation of the positions for axial embeddings (sec 4 of the paper's appendix / trax):
+    2-D for text, (height, width, channels) for images. None picks two near-equal factors."""
+    axial_dims: tuple[int, ...] | None = None
+    """Width of each axial factor's embedding; they concatenate to `dim`. None splits evenly."""
+    dropout: float = 0.0
+    """Dropout on embeddings, the feed-forward hidden layer and each branch's output."""
+    seed: int = 0
+    """Seed of the hash rotations (never the global RNG): fixed for eval, fresh per step in training."""
+    backend: str = "auto"
+    """Chunked-attention backend: 'auto' (Triton on CUDA when available, else torch), 'torch', 'triton'."""
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Free-form metadata carried with checkpoints; ignored by the model."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.axial_shape, list):
+            self.axial_shape = tuple(self.axial_shape)
+        if isinstance(self.axial_dims, list):
+            self.axial_dims = tuple(self.axial_dims)
+        if not isinstance(self.attention, str):
+            self.attention = list(self.attention)
+        self._validate()
+        if self.axial_shape is None:
+            self.axial_shape = default_axial_shape(self.max_seq_len)
+        if self.axial_dims is None:
+            self.axial_dims = split_evenly(self.dim, len(self.axial_shape))
+        self._validate_axial()
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.dim_head if self.dim_head is not None else self.dim // self.heads
+
+    @property
+    def ff_dim(self) -> int:
+        return self.ff_mult * self.dim
+
+    @property
+    def attention_per_layer(self) -> list[str]:
+        if isinstance(self.attention, str):
+            return [self.attention] * self.depth
+        return list(self.attention)
+
+    @property
+    def pad_multiple(self) -> int:
+        """Inputs are padded to a multiple of this before the layers (1 for all-full models)."""
+        kinds = set(self.attention_per_layer)
+        return self.bucket_size if kinds & {"lsh", "local"} else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # --- validation -----------------------------------------------------------------
+    def _validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        for name in ("vocab_size", "dim", "depth", "heads", "ff_mult", "max_seq_len",
+                     "bucket_size", "n_hashes", "ff_chunks", "loss_chunk_size"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 1,
+                 f"{name} must be a positive integer, got {value!r}")
+        need(self.dim_head is not None or self.dim % self.heads == 0,
+             f"dim={self.dim} is not divisible by heads={self.heads}: change one of them "
+             f"or set dim_head explicitly")
+        need(self.dim_head is None or self.dim_head >= 1, "dim_head must be positive")
+        need(self.bucket_size & (self.bucket_size - 1) == 0,
+             f"bucket_size={self.bucket_size} must be a power of two (e.g. "
+             f"{1 << max(0, self.bucket_size.bit_length() - 1)} or {1 << self.bucket_size.bit_length()})")
+        kinds = self.attention_per_layer
+        need(len(kinds) == self.depth,
+             f"attention lists {len(kinds)} layer kinds but depth={self.depth}: give one per layer "
+             f"or a single string")
+        for kind in kinds:
+            need(kind in ATTENTION_KINDS,
+                 f"attention kind {kind!r} is unknown; choose from {ATTENTION_KINDS}")
+        need(self.shared_qk or "lsh" not in kinds,
+             "LSH attention hashes the shared query/key vector: set shared_qk=True or use "
+             "attention='full'/'local' for separate queries and keys")
+        if self.n_buckets is not None:
+            need(self.n_buckets >= 2 and self.n_buckets % 2 == 0,
+                 f"n_buckets={self.n_buckets} must be an even number >= 2 (h(x) = argmax[xR; -xR])")
+        need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.backend in BACKENDS, f"backend {self.backend!r} is unknown; choose from {BACKENDS}")
+        need(self.ff_chunks <= self.max_seq_len,
+             f"ff_chunks={self.ff_chunks} exceeds max_seq_len={self.max_seq_len}")
+
+    def _validate_axial(self) -> None:
+        shape, dims = self.axial_shape, self.axial_dims
+        assert shape is not None and dims is not None
+        if any(s < 1 for s in shape):
+            raise ConfigError(f"axial_shape={shape} must hold positive sizes")
+        if math.prod(shape) < self.max_seq_len:
+            raise ConfigError(
+                f"axial_shape={shape} covers {math.prod(shape)} positions, fewer than "
+                f"max_seq_len={self.max_seq_len}: enlarge a factor or lower max_seq_len")
+        if len(dims) != len(shape):
+            raise ConfigError(f"axial_dims={dims} needs one width per axial factor {shape}")
+        if sum(dims) != self.dim:
+            raise ConfigError(f"axial_dims={dims} must sum to dim={self.dim}")
+
+
+def default_axial_shape(max_seq_len: int) -> tuple[int, int]:
+    """Two factors, the first a power of two near sqrt(n), whose product covers n."""
+    first = 1 << max(0, math.ceil(math.log2(max_seq_len)) // 2)
+    return first, math.ceil(max_seq_len / first)
+
+
+def split_evenly(total: int, parts: int) -> tuple[int, ...]:
+    base, rest = divmod(total, parts)
+    return tuple(base + (1 if i < rest else 0) for i in range(parts))
