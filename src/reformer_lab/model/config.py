@@ -117,35 +117,63 @@ class ReformerConfig:
             if not ok:
                 raise ConfigError(message)
 
-        for name in ("vocab_size", "dim", "depth", "heads", "ff_mult", "max_seq_len",
-                     "bucket_size", "n_hashes", "ff_chunks", "loss_chunk_size"):
+        for name in (
+            "vocab_size",
+            "dim",
+            "depth",
+            "heads",
+            "ff_mult",
+            "max_seq_len",
+            "bucket_size",
+            "n_hashes",
+            "ff_chunks",
+            "loss_chunk_size",
+        ):
             value = getattr(self, name)
-            need(isinstance(value, int) and value >= 1,
-                 f"{name} must be a positive integer, got {value!r}")
-        need(self.dim_head is not None or self.dim % self.heads == 0,
-             f"dim={self.dim} is not divisible by heads={self.heads}: change one of them "
-             f"or set dim_head explicitly")
+            need(
+                isinstance(value, int) and value >= 1,
+                f"{name} must be a positive integer, got {value!r}",
+            )
+        need(
+            self.dim_head is not None or self.dim % self.heads == 0,
+            f"dim={self.dim} is not divisible by heads={self.heads}: change one of them "
+            f"or set dim_head explicitly",
+        )
         need(self.dim_head is None or self.dim_head >= 1, "dim_head must be positive")
-        need(self.bucket_size & (self.bucket_size - 1) == 0,
-             f"bucket_size={self.bucket_size} must be a power of two (e.g. "
-             f"{1 << max(0, self.bucket_size.bit_length() - 1)} or {1 << self.bucket_size.bit_length()})")
+        need(
+            self.bucket_size & (self.bucket_size - 1) == 0,
+            f"bucket_size={self.bucket_size} must be a power of two (e.g. "
+            f"{1 << max(0, self.bucket_size.bit_length() - 1)} or {1 << self.bucket_size.bit_length()})",
+        )
         kinds = self.attention_per_layer
-        need(len(kinds) == self.depth,
-             f"attention lists {len(kinds)} layer kinds but depth={self.depth}: give one per layer "
-             f"or a single string")
+        need(
+            len(kinds) == self.depth,
+            f"attention lists {len(kinds)} layer kinds but depth={self.depth}: give one per layer "
+            f"or a single string",
+        )
         for kind in kinds:
-            need(kind in ATTENTION_KINDS,
-                 f"attention kind {kind!r} is unknown; choose from {ATTENTION_KINDS}")
-        need(self.shared_qk or "lsh" not in kinds,
-             "LSH attention hashes the shared query/key vector: set shared_qk=True or use "
-             "attention='full'/'local' for separate queries and keys")
+            need(
+                kind in ATTENTION_KINDS,
+                f"attention kind {kind!r} is unknown; choose from {ATTENTION_KINDS}",
+            )
+        need(
+            self.shared_qk or "lsh" not in kinds,
+            "LSH attention hashes the shared query/key vector: set shared_qk=True or use "
+            "attention='full'/'local' for separate queries and keys",
+        )
         if self.n_buckets is not None:
-            need(self.n_buckets >= 2 and self.n_buckets % 2 == 0,
-                 f"n_buckets={self.n_buckets} must be an even number >= 2 (h(x) = argmax[xR; -xR])")
+            need(
+                self.n_buckets >= 2 and self.n_buckets % 2 == 0,
+                f"n_buckets={self.n_buckets} must be an even number >= 2 (h(x) = argmax[xR; -xR])",
+            )
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
-        need(self.backend in BACKENDS, f"backend {self.backend!r} is unknown; choose from {BACKENDS}")
-        need(self.ff_chunks <= self.max_seq_len,
-             f"ff_chunks={self.ff_chunks} exceeds max_seq_len={self.max_seq_len}")
+        need(
+            self.backend in BACKENDS, f"backend {self.backend!r} is unknown; choose from {BACKENDS}"
+        )
+        need(
+            self.ff_chunks <= self.max_seq_len,
+            f"ff_chunks={self.ff_chunks} exceeds max_seq_len={self.max_seq_len}",
+        )
 
     def _validate_axial(self) -> None:
         shape, dims = self.axial_shape, self.axial_dims
@@ -155,7 +183,8 @@ class ReformerConfig:
         if math.prod(shape) < self.max_seq_len:
             raise ConfigError(
                 f"axial_shape={shape} covers {math.prod(shape)} positions, fewer than "
-                f"max_seq_len={self.max_seq_len}: enlarge a factor or lower max_seq_len")
+                f"max_seq_len={self.max_seq_len}: enlarge a factor or lower max_seq_len"
+            )
         if len(dims) != len(shape):
             raise ConfigError(f"axial_dims={dims} needs one width per axial factor {shape}")
         if sum(dims) != self.dim:

@@ -1,0 +1,36 @@
+"""Position-wise feed-forward, optionally applied one sequence chunk at a time (sec 3).
+
+Chunking changes nothing in the result (the layer acts on each position alone); it bounds the
+(L, d_ff) hidden activation to (L / ff_chunks, d_ff), which dominates memory for long inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FeedForward(nn.Module):
+    """(B, L, dim) -> (B, L, dim): Linear -> GELU -> dropout -> Linear."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def sequence_chunks(length: int, n_chunks: int) -> list[slice]:
+    """`n_chunks` (or fewer) contiguous slices covering range(length)."""
+    size = -(-length // max(1, n_chunks))
+    return [slice(start, min(start + size, length)) for start in range(0, length, size)]
+
+
+def apply_chunked(fn, x: Tensor, n_chunks: int) -> Tensor:
+    """fn applied to x[:, s] for each sequence chunk s, in order; (B, L, ...) -> (B, L, ...)."""
+    if n_chunks <= 1:
+        return fn(x)
+    return torch.cat([fn(x[:, s]) for s in sequence_chunks(x.shape[1], n_chunks)], dim=1)

@@ -1,0 +1,195 @@
+"""`ReformerLM`: token + axial position embeddings -> reversible layers -> norm -> vocabulary.
+
+    x = Embed(tokens) + AxialPos(positions)          (B, N, d)
+    (X1, X2) = (x, x)                                  two residual streams (sec 3)
+    for each layer: Y1 = X1 + Attn(LN(X2)); Y2 = X2 + FF(LN(Y1))
+    h = LN([Y1; Y2])                                   (B, N, 2d)
+    logits = h W                                       (B, N, vocab)
+
+Inputs of any length up to max_seq_len are padded to a multiple of the attention chunk and
+the padding is masked: it is sorted after every real token by LSH, never attended to, and
+cut away before the head, so it never changes the outputs at real positions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import SelfAttention
+from .config import ReformerConfig
+from .feedforward import FeedForward
+from .positional import AxialPositionalEmbedding
+from .reversible import ReversibleLayer, run_layers
+
+
+class LMLoss(NamedTuple):
+    loss: Tensor
+    """Mean cross-entropy (nats) over counted targets; differentiable."""
+    n_tokens: Tensor
+    """Number of counted targets (int64)."""
+    n_correct: Tensor
+    """How many counted targets are the argmax prediction (int64)."""
+
+
+class AttentionBranch(nn.Module):
+    """F(x) = Dropout(Attention(LayerNorm(x)))."""
+
+    def __init__(self, cfg: ReformerConfig, kind: str, layer_index: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.attention = SelfAttention(cfg, kind, layer_index)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
+        return self.dropout(self.attention(self.norm(x), key_valid, n_hashes=n_hashes, plan=plan))
+
+
+class FeedForwardBranch(nn.Module):
+    """G(x) = Dropout(FeedForward(LayerNorm(x))), position-wise."""
+
+    def __init__(self, cfg: ReformerConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.ff(self.norm(x)))
+
+
+class ReformerLM(nn.Module):
+    """(B, N) int64 tokens -> (B, N, vocab) logits. See the module docstring."""
+
+    def __init__(self, cfg: ReformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        self.pos_emb = AxialPositionalEmbedding(cfg.axial_shape, cfg.axial_dims)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            ReversibleLayer(AttentionBranch(cfg, kind, i), FeedForwardBranch(cfg), cfg.ff_chunks)
+            for i, kind in enumerate(cfg.attention_per_layer)
+        )
+        self.norm = nn.LayerNorm(2 * cfg.dim)
+        self.head = nn.Linear(2 * cfg.dim, cfg.vocab_size)
+
+    # --- input checks ---------------------------------------------------------------
+    def _check(self, tokens: Tensor, key_padding_mask: Tensor | None, n_hashes: int | None) -> None:
+        cfg = self.cfg
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"tokens must be a (batch, seq) integer tensor, got "
+                f"{tuple(tokens.shape)} {tokens.dtype}"
+            )
+        n = tokens.shape[1]
+        if n == 0 or n > cfg.max_seq_len:
+            raise ValueError(
+                f"sequence length {n} must be in 1..max_seq_len={cfg.max_seq_len}: "
+                f"raise max_seq_len (and axial_shape) or crop the input"
+            )
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(f"token ids span [{lo}, {hi}] but vocab_size={cfg.vocab_size}")
+        if key_padding_mask is not None and (
+            key_padding_mask.shape != tokens.shape or key_padding_mask.dtype != torch.bool
+        ):
+            raise ValueError(
+                "key_padding_mask must be a bool tensor shaped like tokens (True = real token)"
+            )
+        if n_hashes is not None and (not isinstance(n_hashes, int) or n_hashes < 1):
+            raise ValueError(f"n_hashes must be a positive integer, got {n_hashes!r}")
+
+    # --- forward --------------------------------------------------------------------
+    def hidden(
+        self,
+        tokens: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        n_hashes: int | None = None,
+    ) -> Tensor:
+        """Final features before the vocabulary projection: (B, N) -> (B, N, 2 * dim)."""
+        self._check(tokens, key_padding_mask, n_hashes)
+        N = tokens.shape[1]
+        x = self.token_emb(tokens) + self.pos_emb(N, tokens.device)  # (B, N, d)
+        x = self.emb_dropout(x)
+
+        multiple = self.cfg.pad_multiple
+        L = -(-N // multiple) * multiple
+        key_valid = key_padding_mask
+        if L != N:
+            x = F.pad(x, (0, 0, 0, L - N))  # (B, L, d), zeros at padded positions
+            real = (
+                key_padding_mask
+                if key_padding_mask is not None
+                else torch.ones_like(tokens, dtype=torch.bool)
+            )
+            key_valid = F.pad(real, (0, L - N), value=False)  # (B, L)
+
+        y1, y2 = run_layers(self.layers, x, x, key_valid, n_hashes, self.cfg.reversible)
+        h = torch.cat([y1, y2], dim=-1)[:, :N]  # (B, N, 2d)
+        return self.norm(h)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        n_hashes: int | None = None,
+    ) -> Tensor:
+        """(B, N) int64 -> (B, N, vocab) logits. `n_hashes` overrides the hash rounds."""
+        return self.head(self.hidden(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes))
+
+    def loss(
+        self,
+        tokens: Tensor,
+        targets: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        n_hashes: int | None = None,
+        ignore_index: int = -100,
+    ) -> LMLoss:
+        """Cross-entropy of targets[:, t] at position t, `loss_chunk_size` positions at a time.
+
+        Each chunk's logits are recomputed in the backward pass (activation checkpointing of
+        the head alone), so no more than (B, chunk, vocab) logits exist at any moment.
+        """
+        if targets.shape != tokens.shape:
+            raise ValueError(
+                f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
+            )
+        h = self.hidden(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes)  # (B, N, 2d)
+        total = h.new_zeros((), dtype=torch.float32)
+        n_correct = torch.zeros((), dtype=torch.long, device=h.device)
+        step = self.cfg.loss_chunk_size
+        for start in range(0, h.shape[1], step):
+            h_c, t_c = h[:, start : start + step], targets[:, start : start + step]
+            if torch.is_grad_enabled() and h.requires_grad:
+                loss_sum, correct = checkpoint(
+                    self._chunk_loss, h_c, t_c, ignore_index, use_reentrant=False
+                )
+            else:
+                loss_sum, correct = self._chunk_loss(h_c, t_c, ignore_index)
+            total = total + loss_sum
+            n_correct += correct
+        n_tokens = (targets != ignore_index).sum()
+        return LMLoss(total / n_tokens.clamp(min=1), n_tokens, n_correct)
+
+    def _chunk_loss(self, h: Tensor, targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+        logits = self.head(h).float()  # (B, c, vocab)
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss_sum = F.cross_entropy(
+            flat, targets.reshape(-1), ignore_index=ignore_index, reduction="sum"
+        )
+        with torch.no_grad():
+            counted = targets != ignore_index
+            correct = ((logits.argmax(dim=-1) == targets) & counted).sum()
+        return loss_sum, correct
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,206 @@
+"""Reversible residual layers (sec 3, after RevNets, Gomez et al. 2017).
+
+Each layer maps (X1, X2) to
+
+    Y1 = X1 + F(X2)        F = attention branch
+    Y2 = X2 + G(Y1)        G = feed-forward branch
+
+and its inputs are recovered from its outputs, X2 = Y2 - G(Y1), X1 = Y1 - F(X2), so the
+backward pass recomputes each layer from the one above instead of storing activations. The
+custom autograd function below keeps only the last layer's output, plus, per layer, the LSH
+sort order computed in the forward pass (a few int32 per token and head) and the RNG state
+before each branch, so the recomputation sees the same buckets and dropout masks.
+
+Parameters are inputs of the function and their gradients are returned from its backward
+(not accumulated behind autograd's back), so they get gradients even when the inputs need
+none, and DistributedDataParallel sees each gradient become ready exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .feedforward import apply_chunked, sequence_chunks
+
+
+class RngState:
+    """The global CPU (and CUDA) RNG state at one moment, to replay dropout masks later."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        devices = [self.device] if self.cuda is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+            yield
+
+
+def replaying(state: RngState | None) -> contextlib.AbstractContextManager:
+    return state.replay() if state is not None else contextlib.nullcontext()
+
+
+@dataclass
+class LayerRecord:
+    """What a layer's backward needs to recompute its forward exactly."""
+
+    plan: dict = field(default_factory=dict)  # attention's hash sort order
+    rng_f: RngState | None = None
+    rng_g: RngState | None = None
+
+
+class ReversibleLayer(nn.Module):
+    """One (attention, feed-forward) pair acting on the two residual streams."""
+
+    def __init__(self, f: nn.Module, g: nn.Module, ff_chunks: int) -> None:
+        super().__init__()
+        self.f, self.g, self.ff_chunks = f, g, ff_chunks
+
+    @property
+    def uses_rng(self) -> bool:
+        return self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules())
+
+    def forward(
+        self,
+        x1: Tensor,
+        x2: Tensor,
+        key_valid: Tensor | None,
+        n_hashes: int | None,
+        record: LayerRecord | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(Y1, Y2) from (X1, X2), each (B, L, dim). Fills `record` when given."""
+        if record is not None and self.uses_rng:
+            record.rng_f = RngState(x1.device)
+        y1 = x1 + self.f(
+            x2, key_valid, n_hashes=n_hashes, plan=None if record is None else record.plan
+        )
+        if record is not None and self.uses_rng:
+            record.rng_g = RngState(x1.device)
+        y2 = x2 + apply_chunked(self.g, y1, self.ff_chunks)
+        return y1, y2
+
+    def backward_pass(
+        self,
+        y1: Tensor,
+        y2: Tensor,
+        dy1: Tensor,
+        dy2: Tensor,
+        key_valid: Tensor | None,
+        n_hashes: int | None,
+        record: LayerRecord,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor | None]]:
+        """Recover (X1, X2) from (Y1, Y2) and turn output gradients into input gradients.
+
+        Returns x1, x2, dx1, dx2 and the gradients of f's then g's parameters.
+        """
+        g_params = list(self.g.parameters())
+        g_grads: list[Tensor | None] = [None] * len(g_params)
+        dy1_total = dy1.clone()
+        x2 = torch.empty_like(y2)
+        # G is position-wise: recompute and differentiate it one sequence chunk at a time, so
+        # only one chunk's feed-forward activations exist at once (sec 3, chunking).
+        with replaying(record.rng_g):
+            for s in sequence_chunks(y1.shape[1], self.ff_chunks):
+                y1_s = y1[:, s].detach().requires_grad_()
+                with torch.enable_grad():
+                    g_out = self.g(y1_s)  # (B, l, dim)
+                grads = torch.autograd.grad(g_out, [y1_s, *g_params], dy2[:, s], allow_unused=True)
+                dy1_total[:, s] += grads[0]
+                g_grads = [_add(a, b) for a, b in zip(g_grads, grads[1:])]
+                x2[:, s] = y2[:, s] - g_out.detach()
+                del g_out, grads
+
+        f_params = list(self.f.parameters())
+        x2 = x2.detach().requires_grad_()
+        with replaying(record.rng_f), torch.enable_grad():
+            f_out = self.f(x2, key_valid, n_hashes=n_hashes, plan=record.plan)  # (B, L, dim)
+        grads = torch.autograd.grad(f_out, [x2, *f_params], dy1_total, allow_unused=True)
+        x1 = y1 - f_out.detach()
+        dx2 = dy2 + grads[0]
+        return x1, x2.detach(), dy1_total, dx2, [*grads[1:], *g_grads]
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    """Runs all layers without storing activations; the backward walks them in reverse."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, layers, key_valid, n_hashes, *params):
+        device_type = x1.device.type
+        ctx.autocast = (
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+        )
+        records = [LayerRecord() for _ in layers]
+        with torch.no_grad():
+            for layer, record in zip(layers, records):
+                x1, x2 = layer(x1, x2, key_valid, n_hashes, record)
+        # Plans go through save_for_backward so that saved-tensor hooks see every byte kept.
+        plan_keys = [(i, key) for i, r in enumerate(records) for key in sorted(r.plan)]
+        plan_tensors = [records[i].plan[key] for i, key in plan_keys]
+        key_valid_saved = [key_valid] if key_valid is not None else []
+        ctx.save_for_backward(x1, x2, *key_valid_saved, *plan_tensors)
+        for record in records:
+            record.plan = {}
+        ctx.layers, ctx.records, ctx.plan_keys = layers, records, plan_keys
+        ctx.n_hashes, ctx.has_key_valid = n_hashes, key_valid is not None
+        return x1, x2
+
+    @staticmethod
+    def backward(ctx, dy1, dy2):
+        y1, y2, *rest = ctx.saved_tensors
+        key_valid = rest.pop(0) if ctx.has_key_valid else None
+        for (i, key), tensor in zip(ctx.plan_keys, rest):
+            ctx.records[i].plan[key] = tensor
+        device_type = y1.device.type
+        enabled, dtype = ctx.autocast
+        param_grads: list[list[Tensor | None]] = []
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for layer, record in zip(reversed(ctx.layers), reversed(ctx.records)):
+                y1, y2, dy1, dy2, grads = layer.backward_pass(
+                    y1, y2, dy1, dy2, key_valid, ctx.n_hashes, record
+                )
+                param_grads.append(grads)
+                record.plan = {}
+        flat = [g for grads in reversed(param_grads) for g in grads]
+        return (dy1, dy2, None, None, None, *flat)
+
+
+def layer_parameters(layers: nn.ModuleList) -> list[nn.Parameter]:
+    """Parameters in the order `_ReversibleFunction.backward` returns their gradients."""
+    return [p for layer in layers for branch in (layer.f, layer.g) for p in branch.parameters()]
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    x1: Tensor,
+    x2: Tensor,
+    key_valid: Tensor | None,
+    n_hashes: int | None,
+    reversible: bool,
+) -> tuple[Tensor, Tensor]:
+    """All layers, reversibly (no stored activations) or as an ordinary residual network."""
+    params = layer_parameters(layers)
+    needs_grad = torch.is_grad_enabled() and (
+        x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in params)
+    )
+    if reversible and needs_grad:
+        return _ReversibleFunction.apply(x1, x2, layers, key_valid, n_hashes, *params)
+    for layer in layers:
+        x1, x2 = layer(x1, x2, key_valid, n_hashes)
+    return x1, x2
