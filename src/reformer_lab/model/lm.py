@@ -164,7 +164,7 @@ class ReformerLM(nn.Module):
                 f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
             )
         h = self.hidden(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes)  # (B, N, 2d)
-        total = h.new_zeros((), dtype=torch.float32)
+        total = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))
         n_correct = torch.zeros((), dtype=torch.long, device=h.device)
         step = self.cfg.loss_chunk_size
         for start in range(0, h.shape[1], step):
@@ -181,7 +181,8 @@ class ReformerLM(nn.Module):
         return LMLoss(total / n_tokens.clamp(min=1), n_tokens, n_correct)
 
     def _chunk_loss(self, h: Tensor, targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-        logits = self.head(h).float()  # (B, c, vocab)
+        logits = self.head(h)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (B, c, vocab)
         flat = logits.reshape(-1, logits.shape[-1])
         loss_sum = F.cross_entropy(
             flat, targets.reshape(-1), ignore_index=ignore_index, reduction="sum"

@@ -77,7 +77,8 @@ def chunked_attention_torch(
     if key_valid is not None:
         k_ok &= look_back(key_valid.reshape(G, n, C), fill=False)
 
-    scores = torch.einsum("gnid,gnjd->gnij", qc, kc).float() * scale  # (G, n, C, 2C)
+    score_dtype = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 when given fp64
+    scores = torch.einsum("gnid,gnjd->gnij", qc, kc).to(score_dtype) * scale  # (G, n, C, 2C)
     if bias is not None:
         scores = scores + bias
     masked = ~k_ok[:, :, None, :]  # (G, n, 1, 2C)
@@ -98,4 +99,5 @@ def chunked_attention_torch(
 
 def normalize_keys(qk: Tensor) -> Tensor:
     """Shared-QK keys: the queries scaled to unit length (sec 2), (..., d) -> (..., d)."""
-    return F.normalize(qk.float(), dim=-1, eps=1e-6).to(qk.dtype)
+    work_dtype = torch.promote_types(qk.dtype, torch.float32)
+    return F.normalize(qk.to(work_dtype), dim=-1, eps=1e-6).to(qk.dtype)

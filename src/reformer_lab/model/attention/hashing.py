@@ -18,12 +18,17 @@ for long inputs): bucket = b1 + n1 * b2. Hashing then costs O(L d sqrt(n)) inste
 
 
 def bucket_factors(n_buckets: int) -> tuple[int, ...]:
-    """Even factors whose product is (at least) n_buckets; one factor when it is small."""
+    """Even factors whose product is n_buckets or just above; one factor when it is small.
+
+    Both factors stay within [sqrt(n)/2, 2 sqrt(n)], keeping the two hashes balanced."""
     if n_buckets <= SINGLE_HASH_MAX_BUCKETS:
         return (n_buckets,)
-    first = 2 * max(1, round(math.sqrt(n_buckets) / 2))
-    second = 2 * math.ceil(n_buckets / (2 * first))
-    return first, second
+    root = math.sqrt(n_buckets)
+    candidates = range(
+        2 * math.ceil(root / 4), 2 * math.floor(root / 2) + 1, 2
+    )  # even, ~sqrt/2..sqrt
+    pairs = [(f, 2 * math.ceil(n_buckets / (2 * f))) for f in candidates]
+    return min(pairs, key=lambda p: (p[0] * p[1], -p[0]))
 
 
 def default_n_buckets(padded_len: int, bucket_size: int) -> int:

@@ -135,7 +135,7 @@ class LSHAttentionCore(nn.Module):
             sorted_buckets = buckets.gather(3, order).reshape(G, L)
         bias = None
         if not self.allow_duplicate_attention and R > 1:
-            bias = duplicate_correction(order, C)
+            bias = duplicate_correction(order, C, torch.promote_types(q.dtype, torch.float32))
 
         out, lse = chunked_attention(
             sort(q),
@@ -168,12 +168,12 @@ def inverse_permutation(order: Tensor) -> Tensor:
     return undo.scatter_(-1, order, slots)
 
 
-def duplicate_correction(order: Tensor, chunk_size: int) -> Tensor:
+def duplicate_correction(order: Tensor, chunk_size: int, dtype: torch.dtype) -> Tensor:
     """Appendix A's correction for keys reached in several hash rounds.
 
     For query i and key j in round r's window, N_ij counts the rounds r' in which j lies in
     chunk(i, r') or chunk(i, r') - 1; the score gets -log N_ij, so the merged attention counts
-    each (i, j) pair once. Returns the bias (B*H*R, n, C, 2C) in fp32.
+    each (i, j) pair once. Returns the bias (B*H*R, n, C, 2C) in `dtype`.
     """
     B, H, R, L = order.shape
     C = chunk_size
@@ -187,4 +187,4 @@ def duplicate_correction(order: Tensor, chunk_size: int) -> Tensor:
         k_loc = look_back(q_loc, fill=-2)  # (B*H*R, n, 2C)
         diff = q_loc[..., :, None] - k_loc[..., None, :]  # (B*H*R, n, C, 2C)
         counts += ((diff == 0) | (diff == 1)).reshape(B, H, R, n, C, 2 * C).int()
-    return -torch.log(counts.clamp(min=1).float()).reshape(B * H * R, n, C, 2 * C)
+    return -torch.log(counts.clamp(min=1).to(dtype)).reshape(B * H * R, n, C, 2 * C)
