@@ -98,36 +98,36 @@ class ReversibleLayer(nn.Module):
         key_valid: Tensor | None,
         n_hashes: int | None,
         record: LayerRecord,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor | None]]:
-        """Recover (X1, X2) from (Y1, Y2) and turn output gradients into input gradients.
+    ) -> list[Tensor | None]:
+        """Turn (Y1, Y2, dY1, dY2) into (X1, X2, dX1, dX2) IN PLACE; return parameter gradients.
 
-        Returns x1, x2, dx1, dx2 and the gradients of f's then g's parameters.
+        The four (B, L, dim) buffers belong to the caller and are overwritten, so the backward
+        pass holds four residual-stream tensors whatever the depth. Gradients are returned
+        for f's parameters, then g's.
         """
         g_params = list(self.g.parameters())
         g_grads: list[Tensor | None] = [None] * len(g_params)
-        dy1_total = dy1.clone()
-        x2 = torch.empty_like(y2)
-        # G is position-wise: recompute and differentiate it one sequence chunk at a time, so
-        # only one chunk's feed-forward activations exist at once (sec 3, chunking).
+        # X2 = Y2 - G(Y1) and dY1 += dG/dY1^T dY2. G is position-wise: recompute and
+        # differentiate it one sequence chunk at a time (sec 3, chunking).
         with replaying(record.rng_g):
             for s in sequence_chunks(y1.shape[1], self.ff_chunks):
                 y1_s = y1[:, s].detach().requires_grad_()
                 with torch.enable_grad():
                     g_out = self.g(y1_s)  # (B, l, dim)
                 grads = torch.autograd.grad(g_out, [y1_s, *g_params], dy2[:, s], allow_unused=True)
-                dy1_total[:, s] += grads[0]
+                dy1[:, s] += grads[0]
+                y2[:, s] -= g_out.detach()  # y2 now holds x2 on this chunk
                 g_grads = [_add(a, b) for a, b in zip(g_grads, grads[1:])]
-                x2[:, s] = y2[:, s] - g_out.detach()
                 del g_out, grads
-
+        x2 = y2.detach().requires_grad_()  # shares storage: X2
+        # X1 = Y1 - F(X2) and dX2 = dY2 + dF/dX2^T dX1, with dX1 = dY1 (now complete).
         f_params = list(self.f.parameters())
-        x2 = x2.detach().requires_grad_()
         with replaying(record.rng_f), torch.enable_grad():
             f_out = self.f(x2, key_valid, n_hashes=n_hashes, plan=record.plan)  # (B, L, dim)
-        grads = torch.autograd.grad(f_out, [x2, *f_params], dy1_total, allow_unused=True)
-        x1 = y1 - f_out.detach()
-        dx2 = dy2 + grads[0]
-        return x1, x2.detach(), dy1_total, dx2, [*grads[1:], *g_grads]
+        grads = torch.autograd.grad(f_out, [x2, *f_params], dy1, allow_unused=True)
+        y1 -= f_out.detach()  # y1 now holds x1
+        dy2 += grads[0]  # dy2 now holds dx2
+        return [*grads[1:], *g_grads]
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -163,7 +163,12 @@ class _ReversibleFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy1, dy2):
+        # The layers' backward overwrites these four buffers in place; the saved outputs
+        # have no other reader (they only feed a concatenation), so they are reused as they
+        # are, and the incoming gradients are copied once. Calling backward twice through
+        # this function (retain_graph=True) is therefore not supported.
         y1, y2, *rest = ctx.saved_tensors
+        dy1, dy2 = dy1.clone(), dy2.clone()
         key_valid = rest.pop(0) if ctx.has_key_valid else None
         for (i, key), tensor in zip(ctx.plan_keys, rest):
             ctx.records[i].plan[key] = tensor
@@ -172,9 +177,7 @@ class _ReversibleFunction(torch.autograd.Function):
         param_grads: list[list[Tensor | None]] = []
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for layer, record in zip(reversed(ctx.layers), reversed(ctx.records)):
-                y1, y2, dy1, dy2, grads = layer.backward_pass(
-                    y1, y2, dy1, dy2, key_valid, ctx.n_hashes, record
-                )
+                grads = layer.backward_pass(y1, y2, dy1, dy2, key_valid, ctx.n_hashes, record)
                 param_grads.append(grads)
                 record.plan = {}
         flat = [g for grads in reversed(param_grads) for g in grads]

@@ -21,9 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .backend import chunked_attention
-from .chunked import look_back
 from .hashing import bucket_factors, default_n_buckets, draw_rotations, hash_vectors, mix_seed
+from .lsh_rounds import HashRounds, attend_all_rounds
 
 EVAL_STEP = -1  # the step id of the fixed eval rotations
 
@@ -119,72 +118,13 @@ class LSHAttentionCore(nn.Module):
                 if not self.attend_across_buckets:
                     plan["buckets"] = buckets
 
-        G = B * H * R
-        flat_order = order.reshape(B, H, R * L)  # (B, H, R*L)
-
-        def sort(x: Tensor) -> Tensor:  # (B, H, L, d) -> (G, L, d), each round's sorted copy
-            index = flat_order[..., None].expand(-1, -1, -1, x.shape[-1])
-            return x.gather(2, index).reshape(G, L, x.shape[-1])
-
-        pos = order.reshape(G, L)  # original position of each sorted slot
-        valid = None
-        if key_valid is not None:
-            valid = key_valid[:, None, None, :].expand(B, H, R, L).gather(3, order).reshape(G, L)
-        sorted_buckets = None
-        if not self.attend_across_buckets:
-            sorted_buckets = buckets.gather(3, order).reshape(G, L)
-        bias = None
-        if not self.allow_duplicate_attention and R > 1:
-            bias = duplicate_correction(order, C, torch.promote_types(q.dtype, torch.float32))
-
-        out, lse = chunked_attention(
-            sort(q),
-            sort(k),
-            sort(v),
-            pos,
-            C,
-            scale=d**-0.5,
+        rounds = HashRounds(
+            order=order,
+            key_valid=key_valid,
+            buckets=None if self.attend_across_buckets else buckets,
+            chunk_size=C,
             causal=self.causal,
-            key_valid=valid,
-            buckets=sorted_buckets,
-            bias=bias,
+            dedup=not self.allow_duplicate_attention,
             backend=self.backend,
-        )  # (G, L, d), (G, L)
-
-        # Undo the sort: slot s of round r holds position order[r, s].
-        undo = inverse_permutation(order)  # (B, H, R, L)
-        out = out.reshape(B, H, R, L, d).gather(3, undo[..., None].expand(-1, -1, -1, -1, d))
-        lse = lse.reshape(B, H, R, L).gather(3, undo)  # (B, H, R, L)
-
-        # Appendix A: weight each round by its share of the total normaliser.
-        weights = torch.softmax(lse, dim=2).to(out.dtype)  # (B, H, R, L)
-        return (out * weights[..., None]).sum(dim=2)  # (B, H, L, d)
-
-
-def inverse_permutation(order: Tensor) -> Tensor:
-    """undo[..., order[..., s]] = s for permutations along the last dim."""
-    undo = torch.empty_like(order)
-    slots = torch.arange(order.shape[-1], device=order.device).expand_as(order)
-    return undo.scatter_(-1, order, slots)
-
-
-def duplicate_correction(order: Tensor, chunk_size: int, dtype: torch.dtype) -> Tensor:
-    """Appendix A's correction for keys reached in several hash rounds.
-
-    For query i and key j in round r's window, N_ij counts the rounds r' in which j lies in
-    chunk(i, r') or chunk(i, r') - 1; the score gets -log N_ij, so the merged attention counts
-    each (i, j) pair once. Returns the bias (B*H*R, n, C, 2C) in `dtype`.
-    """
-    B, H, R, L = order.shape
-    C = chunk_size
-    n = L // C
-    chunk_of = inverse_permutation(order) // C  # (B, H, R, L): chunk of each position per round
-    counts = torch.zeros(B, H, R, n, C, 2 * C, dtype=torch.int32, device=order.device)
-    for r2 in range(R):
-        # Chunk, in round r2, of the tokens sitting in each slot of every round r.
-        loc = chunk_of[:, :, r2 : r2 + 1, :].expand(B, H, R, L).gather(3, order)  # (B, H, R, L)
-        q_loc = loc.reshape(B * H * R, n, C)
-        k_loc = look_back(q_loc, fill=-2)  # (B*H*R, n, 2C)
-        diff = q_loc[..., :, None] - k_loc[..., None, :]  # (B*H*R, n, C, 2C)
-        counts += ((diff == 0) | (diff == 1)).reshape(B, H, R, n, C, 2 * C).int()
-    return -torch.log(counts.clamp(min=1).to(dtype)).reshape(B * H * R, n, C, 2 * C)
+        )
+        return attend_all_rounds(q, k, v, rounds)  # (B, H, L, d)

@@ -1,0 +1,179 @@
+"""Hash rounds computed one at a time and merged as in appendix A, in O(B H L d) memory.
+
+Round r sorts the heads' vectors by its order, runs chunked attention and unsorts, giving
+o_r (B, H, L, d) and its log-normaliser z_r (B, H, L). The output is
+
+    o = sum_r w_r o_r,   w_r = exp(z_r - Z),   Z = logsumexp_r z_r.
+
+`_RoundsFunction` keeps only q, k, v, the sort orders, o and every z_r for the backward pass
+and recomputes one round at a time there, so memory does not grow with the number of rounds.
+With g = <do, o> and g_r = <do, o_r>, the chain rule through the merge gives
+
+    d o_r = w_r do,        d z_r = w_r (g_r - g).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .backend import chunked_attention
+from .chunked import look_back
+
+
+@dataclass
+class HashRounds:
+    """Everything about the hashing that a forward and its recomputation share."""
+
+    order: Tensor  # (B, H, R, L) positions sorted by (bucket, position), per round
+    key_valid: Tensor | None  # (B, L) bool
+    buckets: Tensor | None  # (B, H, R, L), only when keys of other buckets are masked
+    chunk_size: int
+    causal: bool
+    dedup: bool  # appendix A's correction for keys seen in several rounds
+    backend: str
+
+    @property
+    def n_rounds(self) -> int:
+        return self.order.shape[2]
+
+
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype: fp32, or fp64 for fp64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def inverse_permutation(order: Tensor) -> Tensor:
+    """undo[..., order[..., s]] = s for permutations along the last dim."""
+    undo = torch.empty_like(order)
+    slots = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return undo.scatter_(-1, order, slots)
+
+
+def duplicate_correction(order: Tensor, r: int, chunk_size: int, dtype: torch.dtype) -> Tensor:
+    """Appendix A's correction for keys reached in several hash rounds, for round r.
+
+    For query i and key j in round r's window, N_ij counts the rounds r' in which j lies in
+    chunk(i, r') or chunk(i, r') - 1; the score gets -log N_ij, so the merged attention counts
+    each (i, j) pair once. Returns the bias (B*H, n, C, 2C) in `dtype`.
+    """
+    B, H, R, L = order.shape
+    C, n = chunk_size, L // chunk_size
+    chunk_of = inverse_permutation(order) // C  # (B, H, R, L): chunk of each position per round
+    slots = order[:, :, r]  # (B, H, L): the positions in round r's sorted slots
+    counts = torch.zeros(B * H, n, C, 2 * C, dtype=torch.int32, device=order.device)
+    for r2 in range(R):
+        q_loc = chunk_of[:, :, r2].gather(2, slots).reshape(B * H, n, C)  # chunk in round r2
+        k_loc = look_back(q_loc, fill=-2)  # (B*H, n, 2C)
+        diff = q_loc[..., :, None] - k_loc[..., None, :]  # (B*H, n, C, 2C)
+        counts += ((diff == 0) | (diff == 1)).int()
+    return -torch.log(counts.clamp(min=1).to(dtype))
+
+
+def attend_round(
+    q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds, r: int
+) -> tuple[Tensor, Tensor]:
+    """One hash round: (B, H, L, d) x3 -> o_r (B, H, L, d) and z_r (B, H, L) fp32."""
+    B, H, L, d = q.shape
+    order = rounds.order[:, :, r]  # (B, H, L)
+    index = order[..., None].expand(-1, -1, -1, d)
+
+    def sort(x: Tensor) -> Tensor:  # (B, H, L, d) -> (B*H, L, d)
+        return x.gather(2, index).reshape(B * H, L, d)
+
+    valid = None
+    if rounds.key_valid is not None:
+        valid = rounds.key_valid[:, None, :].expand(B, H, L).gather(2, order).reshape(B * H, L)
+    buckets = None
+    if rounds.buckets is not None:
+        buckets = rounds.buckets[:, :, r].gather(2, order).reshape(B * H, L)
+    bias = None
+    if rounds.dedup and rounds.n_rounds > 1:
+        bias = duplicate_correction(rounds.order, r, rounds.chunk_size, wide(q.dtype))
+    out, lse = chunked_attention(
+        sort(q),
+        sort(k),
+        sort(v),
+        order.reshape(B * H, L),
+        rounds.chunk_size,
+        scale=d**-0.5,
+        causal=rounds.causal,
+        key_valid=valid,
+        buckets=buckets,
+        bias=bias,
+        backend=rounds.backend,
+    )  # (B*H, L, d), (B*H, L)
+    undo = inverse_permutation(order)  # (B, H, L)
+    out = out.reshape(B, H, L, d).gather(2, undo[..., None].expand(-1, -1, -1, d))
+    return out, lse.reshape(B, H, L).gather(2, undo)
+
+
+def merge_rounds(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> tuple[Tensor, Tensor]:
+    """o (B, H, L, d) in fp32 and every z_r (B, H, R, L), one round in memory at a time."""
+    out, total, lses = None, None, []
+    for r in range(rounds.n_rounds):
+        o_r, z_r = attend_round(q, k, v, rounds, r)
+        lses.append(z_r)
+        if out is None:
+            out, total = o_r.to(wide(o_r.dtype)), z_r
+            continue
+        new_total = torch.logaddexp(total, z_r)  # running log of sum_r exp(z_r)
+        out = (
+            out * torch.exp(total - new_total)[..., None]
+            + o_r * torch.exp(z_r - new_total)[..., None]
+        )
+        total = new_total
+    assert out is not None
+    return out, torch.stack(lses, dim=2)
+
+
+class _RoundsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rounds: HashRounds):
+        device_type = q.device.type
+        ctx.autocast = (
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+        )
+        with torch.no_grad():
+            out, lses = merge_rounds(q, k, v, rounds)
+        out = out.to(v.dtype)
+        ctx.rounds = rounds
+        ctx.save_for_backward(q, k, v, out, lses, rounds.order)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lses, order = ctx.saved_tensors
+        rounds = ctx.rounds
+        rounds.order = order
+        enabled, dtype = ctx.autocast
+        total = torch.logsumexp(lses, dim=2)  # (B, H, L)
+        acc_dtype = wide(dout.dtype)
+        g = (dout.to(acc_dtype) * out.to(acc_dtype)).sum(-1)  # (B, H, L)
+        grads = [torch.zeros_like(x, dtype=wide(x.dtype)) for x in (q, k, v)]
+        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+        for r in range(rounds.n_rounds):
+            with torch.enable_grad(), torch.autocast(q.device.type, dtype=dtype, enabled=enabled):
+                o_r, z_r = attend_round(*leaves, rounds, r)
+            w = torch.exp(lses[:, :, r] - total)  # (B, H, L)
+            g_r = (dout.to(acc_dtype) * o_r.detach().to(acc_dtype)).sum(-1)  # (B, H, L)
+            d_o = (dout.to(acc_dtype) * w[..., None]).to(o_r.dtype)
+            d_z = (w * (g_r - g)).to(z_r.dtype)
+            round_grads = torch.autograd.grad([o_r, z_r], leaves, [d_o, d_z], allow_unused=True)
+            for acc, grad in zip(grads, round_grads):
+                if grad is not None:
+                    acc += grad
+            del o_r, z_r, round_grads
+        return (grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype), None)
+
+
+def attend_all_rounds(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> Tensor:
+    """Multi-round LSH attention: (B, H, L, d) queries, keys, values -> (B, H, L, d)."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _RoundsFunction.apply(q, k, v, rounds)
+    with torch.no_grad():
+        out, _ = merge_rounds(q, k, v, rounds)
+    return out.to(v.dtype)
