@@ -100,7 +100,7 @@ class LSHAttentionCore(nn.Module):
         n_hashes: int | None = None,
         plan: dict | None = None,
     ) -> Tensor:
-        B, H, L, d = q.shape
+        L = q.shape[2]
         R = n_hashes or self.n_hashes
         C = self.bucket_size
 
