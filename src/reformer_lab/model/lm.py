@@ -106,14 +106,14 @@ class ReformerLM(nn.Module):
             raise ValueError(f"n_hashes must be a positive integer, got {n_hashes!r}")
 
     # --- forward --------------------------------------------------------------------
-    def hidden(
+    def streams(
         self,
         tokens: Tensor,
         *,
         key_padding_mask: Tensor | None = None,
         n_hashes: int | None = None,
-    ) -> Tensor:
-        """Final features before the vocabulary projection: (B, N) -> (B, N, 2 * dim)."""
+    ) -> tuple[Tensor, Tensor]:
+        """The two residual streams after the last layer: (B, N) -> 2 x (B, N, dim)."""
         self._check(tokens, key_padding_mask, n_hashes)
         N = tokens.shape[1]
         x = self.token_emb(tokens) + self.pos_emb(N, tokens.device)  # (B, N, d)
@@ -132,8 +132,22 @@ class ReformerLM(nn.Module):
             key_valid = F.pad(real, (0, L - N), value=False)  # (B, L)
 
         y1, y2 = run_layers(self.layers, x, x, key_valid, n_hashes, self.cfg.reversible)
-        h = torch.cat([y1, y2], dim=-1)[:, :N]  # (B, N, 2d)
-        return self.norm(h)
+        return y1[:, :N], y2[:, :N]
+
+    def features(self, y1: Tensor, y2: Tensor) -> Tensor:
+        """h = LayerNorm([Y1; Y2]): 2 x (B, n, dim) -> (B, n, 2 * dim)."""
+        return self.norm(torch.cat([y1, y2], dim=-1))
+
+    def hidden(
+        self,
+        tokens: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        n_hashes: int | None = None,
+    ) -> Tensor:
+        """Final features before the vocabulary projection: (B, N) -> (B, N, 2 * dim)."""
+        y1, y2 = self.streams(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes)
+        return self.features(y1, y2)
 
     def forward(
         self,
@@ -156,32 +170,35 @@ class ReformerLM(nn.Module):
     ) -> LMLoss:
         """Cross-entropy of targets[:, t] at position t, `loss_chunk_size` positions at a time.
 
-        Each chunk's logits are recomputed in the backward pass (activation checkpointing of
-        the head alone), so no more than (B, chunk, vocab) logits exist at any moment.
+        The final norm, head and loss of each chunk are recomputed in the backward pass
+        (activation checkpointing of the head alone, reading the residual streams the
+        reversible layers keep anyway), so neither the (B, N, 2 dim) features nor more than
+        (B, chunk, vocab) logits exist at any moment.
         """
         if targets.shape != tokens.shape:
             raise ValueError(
                 f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
             )
-        h = self.hidden(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes)  # (B, N, 2d)
-        total = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))
-        n_correct = torch.zeros((), dtype=torch.long, device=h.device)
+        y1, y2 = self.streams(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes)
+        total = y1.new_zeros((), dtype=torch.promote_types(y1.dtype, torch.float32))
+        n_correct = torch.zeros((), dtype=torch.long, device=y1.device)
         step = self.cfg.loss_chunk_size
-        for start in range(0, h.shape[1], step):
-            h_c, t_c = h[:, start : start + step], targets[:, start : start + step]
-            if torch.is_grad_enabled() and h.requires_grad:
-                loss_sum, correct = checkpoint(
-                    self._chunk_loss, h_c, t_c, ignore_index, use_reentrant=False
-                )
+        for start in range(0, y1.shape[1], step):
+            s = slice(start, start + step)
+            args = (y1[:, s], y2[:, s], targets[:, s], ignore_index)
+            if torch.is_grad_enabled() and y1.requires_grad:
+                loss_sum, correct = checkpoint(self._chunk_loss, *args, use_reentrant=False)
             else:
-                loss_sum, correct = self._chunk_loss(h_c, t_c, ignore_index)
+                loss_sum, correct = self._chunk_loss(*args)
             total = total + loss_sum
             n_correct += correct
         n_tokens = (targets != ignore_index).sum()
         return LMLoss(total / n_tokens.clamp(min=1), n_tokens, n_correct)
 
-    def _chunk_loss(self, h: Tensor, targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-        logits = self.head(h)
+    def _chunk_loss(
+        self, y1: Tensor, y2: Tensor, targets: Tensor, ignore_index: int
+    ) -> tuple[Tensor, Tensor]:
+        logits = self.head(self.features(y1, y2))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (B, c, vocab)
         flat = logits.reshape(-1, logits.shape[-1])
         loss_sum = F.cross_entropy(
