@@ -117,12 +117,14 @@ def test_hash_is_argmax_of_rotation_and_its_negation():
     assert buckets.min() >= 0 and buckets.max() < 8
 
 
-def test_many_buckets_factorise_into_two_even_hashes_covering_the_count():
-    for n in (2, 64, 256, 258, 2048, 32768):
+def test_many_buckets_factorise_into_small_even_hashes_covering_the_count():
+    for n in (2, 64, 130, 258, 2048, 32768, 131072):
+        assert all(f <= 64 for f in bucket_factors(n)) or len(bucket_factors(n)) == 1
         factors = bucket_factors(n)
         assert all(f % 2 == 0 for f in factors)
-        assert n <= torch.tensor(factors).prod() < 1.1 * n + 4
-    assert bucket_factors(256) == (256,)
+        assert n <= torch.tensor(factors).prod() <= 1.15 * n
+    assert bucket_factors(128) == (128,)
+    assert max(bucket_factors(131072)) <= 64
 
 
 def test_hash_rounds_use_different_rotations_and_similar_vectors_collide():
@@ -191,3 +193,21 @@ def test_round_by_round_backward_matches_numerical_gradients(dedup, across):
 
     inputs = tuple(x.clone().requires_grad_() for x in (q, k, v))
     assert torch.autograd.gradcheck(attend, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_blocked_factorised_hash_equals_the_product_of_argmax_hashes(monkeypatch):
+    import reformer_lab.model.attention.hashing as hashing
+
+    monkeypatch.setattr(hashing, "HASH_BLOCK_ELEMENTS", 64)  # many position blocks
+    x = torch.randn(2, 3, 50, 8)
+    factors = (6, 4)
+    rots = [torch.randn(3, 2, 8, f // 2) for f in factors]
+    buckets = hash_vectors(x, rots, factors)
+    for r in range(2):
+        expected = 0
+        stride = 1
+        for rot, n in zip(rots, factors):
+            rotated = torch.einsum("bhld,hdk->bhlk", x, rot[:, r])
+            expected = expected + torch.cat([rotated, -rotated], -1).argmax(-1) * stride
+            stride *= n
+        assert torch.equal(buckets[:, :, r], expected)

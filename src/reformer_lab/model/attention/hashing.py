@@ -12,23 +12,41 @@ import math
 import torch
 from torch import Tensor
 
-SINGLE_HASH_MAX_BUCKETS = 256
-"""Above this many buckets the hash is the product of two angular hashes (as trax and HF do
-for long inputs): bucket = b1 + n1 * b2. Hashing then costs O(L d sqrt(n)) instead of O(L d n)."""
+FACTOR_MAX_BUCKETS = 64
+SINGLE_HASH_MAX_BUCKETS = 128
+"""Above this many buckets the hash is the product of several angular hashes of at most this
+many buckets each (trax and HF factorise the same way for long inputs): bucket = b1 + n1 b2 +
+n1 n2 b3 ... Hashing then costs O(L d n^(1/k)) instead of O(L d n). Each factor is itself an
+angular LSH, so the product is an LSH family too (an AND-construction)."""
+
+HASH_BLOCK_ELEMENTS = 1 << 24
+"""Positions are hashed in blocks so the rotated vectors never exceed this many floats."""
 
 
 def bucket_factors(n_buckets: int) -> tuple[int, ...]:
-    """Even factors whose product is n_buckets or just above; one factor when it is small.
+    """Even factors, each at most FACTOR_MAX_BUCKETS, whose product is n_buckets or just above.
 
-    Both factors stay within [sqrt(n)/2, 2 sqrt(n)], keeping the two hashes balanced."""
+    One factor up to SINGLE_HASH_MAX_BUCKETS; beyond, as few factors as possible and, among
+    those, the most balanced (a 2-bucket factor hashes poorly) whose product stays within 15%
+    of n_buckets.
+    """
     if n_buckets <= SINGLE_HASH_MAX_BUCKETS:
         return (n_buckets,)
-    root = math.sqrt(n_buckets)
-    candidates = range(
-        2 * math.ceil(root / 4), 2 * math.floor(root / 2) + 1, 2
-    )  # even, ~sqrt/2..sqrt
-    pairs = [(f, 2 * math.ceil(n_buckets / (2 * f))) for f in candidates]
-    return min(pairs, key=lambda p: (p[0] * p[1], -p[0]))
+    count = math.ceil(math.log(n_buckets) / math.log(FACTOR_MAX_BUCKETS))
+    options = list(_factorisations(n_buckets, count))
+    return min(options, key=lambda f: (math.prod(f) > 1.15 * n_buckets, f[0], math.prod(f)))
+
+
+def _factorisations(n: int, count: int, largest: int = FACTOR_MAX_BUCKETS):
+    """Non-increasing tuples of `count` even factors <= largest with product >= n (minimal last)."""
+    if count == 1:
+        last = max(2, 2 * math.ceil(n / 2))
+        if last <= largest:
+            yield (last,)
+        return
+    for f in range(2, largest + 1, 2):
+        for rest in _factorisations(math.ceil(n / f), count - 1, f):
+            yield (f, *rest)
 
 
 def default_n_buckets(padded_len: int, bucket_size: int) -> int:
@@ -48,15 +66,27 @@ def draw_rotations(
 
 
 def hash_vectors(x: Tensor, rotations: list[Tensor], factors: tuple[int, ...]) -> Tensor:
-    """Buckets of x per head and round: (B, H, L, d) -> (B, H, R, L) int64 in [0, prod(factors))."""
-    buckets = None
-    stride = 1
-    for rotation, n in zip(rotations, factors):
-        rotated = torch.einsum("bhld,hrdk->bhrlk", x.float(), rotation)  # (B, H, R, L, n/2)
-        b = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (B, H, R, L)
-        buckets = b * stride if buckets is None else buckets + b * stride
-        stride *= n
-    assert buckets is not None
+    """Buckets of x per head and round: (B, H, L, d) -> (B, H, R, L) int64 in [0, prod(factors)).
+
+    argmax([xR; -xR]) is taken without building the concatenation: the largest of xR wins
+    against the largest of -xR (that is, minus the smallest of xR), first half on ties.
+    """
+    B, H, L, _ = x.shape
+    R = rotations[0].shape[1]
+    buckets = torch.zeros(B, H, R, L, dtype=torch.long, device=x.device)
+    widest = max(factors) // 2
+    block = max(1, HASH_BLOCK_ELEMENTS // (B * H * widest))
+    for r in range(R):
+        for start in range(0, L, block):
+            xs = x[:, :, start : start + block].float()  # (B, H, l, d)
+            stride = 1
+            for rotation, n in zip(rotations, factors):
+                rotated = torch.einsum("bhld,hdk->bhlk", xs, rotation[:, r])  # (B, H, l, n/2)
+                top, top_at = rotated.max(dim=-1)
+                low, low_at = rotated.min(dim=-1)
+                b = torch.where(top >= -low, top_at, low_at + n // 2)  # (B, H, l)
+                buckets[:, :, r, start : start + block] += b * stride
+                stride *= n
     return buckets
 
 

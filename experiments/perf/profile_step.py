@@ -1,0 +1,88 @@
+"""Where a reformer-lab training step spends memory and time, phase by phase (GPU).
+
+    python experiments/perf/profile_step.py --config base --seq 4096 16384 65536 --backend torch triton
+
+Prints, per (config, seq, backend): peak GB after forward, peak GB over the whole step,
+forward ms and forward+backward ms (CUDA events, median of --steps after one warm-up).
+Complements experiments/benchmarks (the comparison with peers) with a breakdown for tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from reformer_lab.model import ReformerConfig, ReformerLM
+
+SIZES = {
+    "base": dict(dim=512, depth=6, heads=8, bucket_size=64, n_hashes=4),
+    "tiny": dict(dim=64, depth=2, heads=4, bucket_size=16, n_hashes=4),
+}
+
+
+def axial(seq: int) -> tuple[int, int]:
+    first = 1 << (max(0, (seq - 1).bit_length()) // 2)
+    return first, -(-seq // first)
+
+
+def profile(config: str, seq: int, backend: str, steps: int, ff_chunks: int) -> dict:
+    cfg = ReformerConfig(vocab_size=256, max_seq_len=seq, axial_shape=axial(seq), backend=backend,
+                         ff_chunks=max(1, min(ff_chunks, seq // 1024)), **SIZES[config])
+    model = ReformerLM(cfg).cuda()
+    tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    fwd_ms, step_ms, fwd_peak, step_peak = [], [], 0.0, 0.0
+    for i in range(steps + 1):
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, mid, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+        start.record()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model.loss(inputs, targets).loss
+        mid.record()
+        torch.cuda.synchronize()
+        peak_fwd = torch.cuda.max_memory_allocated() / 1e9
+        loss.backward()
+        end.record()
+        torch.cuda.synchronize()
+        if i:  # the first step warms up
+            fwd_ms.append(start.elapsed_time(mid))
+            step_ms.append(start.elapsed_time(end))
+            fwd_peak = max(fwd_peak, peak_fwd)
+            step_peak = max(step_peak, torch.cuda.max_memory_allocated() / 1e9)
+    med = statistics.median(step_ms)
+    return dict(config=config, seq=seq, backend=backend, fwd_peak_gb=round(fwd_peak, 3),
+                peak_gb=round(step_peak, 3), fwd_ms=round(statistics.median(fwd_ms), 2),
+                step_ms=round(med, 2), tok_per_s=round(seq / med * 1e3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", nargs="+", default=["base"], choices=sorted(SIZES))
+    parser.add_argument("--seq", nargs="+", type=int, default=[4096, 16384, 65536])
+    parser.add_argument("--backend", nargs="+", default=["torch", "triton"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--ff-chunks", type=int, default=16)
+    args = parser.parse_args()
+    print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    print("config  seq      backend  fwd_peak_gb  peak_gb  fwd_ms    step_ms   tok/s", flush=True)
+    for config in args.config:
+        for seq in args.seq:
+            for backend in args.backend:
+                try:
+                    r = profile(config, seq, backend, args.steps, args.ff_chunks)
+                    print(f"{config:7s} {seq:<8d} {backend:8s} {r['fwd_peak_gb']:<12} "
+                          f"{r['peak_gb']:<8} {r['fwd_ms']:<9} {r['step_ms']:<9} {r['tok_per_s']}",
+                          flush=True)
+                except torch.OutOfMemoryError:
+                    print(f"{config:7s} {seq:<8d} {backend:8s} OOM", flush=True)
+                except Exception as e:  # report and go on to the next setting
+                    print(f"{config:7s} {seq:<8d} {backend:8s} ERROR {type(e).__name__}: {e}"[:300], flush=True)
+                torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
