@@ -72,17 +72,29 @@ def duplicate_correction(order: Tensor, r: int, chunk_size: int, dtype: torch.dt
     return -torch.log(counts.clamp(min=1).to(dtype))
 
 
+def gather_rows(x: Tensor, order: Tensor) -> Tensor:
+    """x[b, h, order[b, h, s]] for every slot s: (B, H, L, d), (B, H, L) -> (B*H, L, d).
+
+    Reads whole rows by one index each, in whatever dense layout x has (the projections give
+    (B, L, H, d) memory viewed as (B, H, L, d)), so no transposed copy is made.
+    """
+    B, H, L, d = x.shape
+    if not (x.is_contiguous() or x.transpose(1, 2).is_contiguous()):
+        x = x.contiguous()
+    sb, sh, sl, _ = x.stride()
+    rows = x.as_strided((x.numel() // d, d), (d, 1))  # every row of x's memory
+    b = torch.arange(B, device=x.device)[:, None, None] * sb
+    h = torch.arange(H, device=x.device)[None, :, None] * sh
+    index = (b + h + order * sl) // d  # (B, H, L) row of each slot
+    return rows.index_select(0, index.reshape(-1)).view(B * H, L, d)
+
+
 def attend_round(
     q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds, r: int
 ) -> tuple[Tensor, Tensor]:
     """One hash round: (B, H, L, d) x3 -> o_r (B, H, L, d) and z_r (B, H, L) fp32."""
     B, H, L, d = q.shape
     order = rounds.order[:, :, r]  # (B, H, L)
-    index = order[..., None].expand(-1, -1, -1, d)
-
-    def sort(x: Tensor) -> Tensor:  # (B, H, L, d) -> (B*H, L, d)
-        return x.gather(2, index).reshape(B * H, L, d)
-
     valid = None
     if rounds.key_valid is not None:
         valid = rounds.key_valid[:, None, :].expand(B, H, L).gather(2, order).reshape(B * H, L)
@@ -93,9 +105,9 @@ def attend_round(
     if rounds.dedup and rounds.n_rounds > 1:
         bias = duplicate_correction(rounds.order, r, rounds.chunk_size, wide(q.dtype))
     out, lse = chunked_attention(
-        sort(q),
-        sort(k),
-        sort(v),
+        gather_rows(q, order),
+        gather_rows(k, order),
+        gather_rows(v, order),
         order.reshape(B * H, L),
         rounds.chunk_size,
         scale=d**-0.5,
@@ -104,10 +116,12 @@ def attend_round(
         buckets=buckets,
         bias=bias,
         backend=rounds.backend,
-    )  # (B*H, L, d), (B*H, L)
-    undo = inverse_permutation(order)  # (B, H, L)
-    out = out.reshape(B, H, L, d).gather(2, undo[..., None].expand(-1, -1, -1, d))
-    return out, lse.reshape(B, H, L).gather(2, undo)
+    )  # (B*H, L, d), (B*H, L) in sorted order
+    # Undo the sort: position p of head (b, h) sits in slot undo[b, h, p].
+    undo = inverse_permutation(order) + torch.arange(B * H, device=q.device).view(B, H, 1) * L
+    undo = undo.reshape(-1)  # (B*H*L,) flat slot of each position
+    out = out.reshape(B * H * L, d).index_select(0, undo).view(B, H, L, d)
+    return out, lse.reshape(-1).index_select(0, undo).view(B, H, L)
 
 
 def merge_rounds(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> tuple[Tensor, Tensor]:
