@@ -1,0 +1,139 @@
+"""How each implementation is built for one (size, length) and what its training loss is.
+
+Every builder returns a `Built`: the module, a loss function of the token tensor
+(1, seq + 1) int64 (inputs are tokens[:, :-1], targets tokens[:, 1:]), the implementation's
+version and the knobs it was built with (recorded with each result). Peers are imported
+inside their builder, so a missing peer only fails its own runs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .plain_transformer import PlainTransformerLM
+from .settings import ModelSize, axial_factors, ff_chunk_count
+
+LossFn = Callable[[Tensor], Tensor]
+
+
+REFORMER_LAB_KNOBS = ("ff_chunks", "axial_shape", "n_buckets", "loss_chunk_size", "backend")
+HF_KNOBS = ("axial_pos_shape", "axial_pos_embds_dim", "chunk_size_feed_forward",
+            "lsh_attn_chunk_length", "num_hashes", "hidden_act")  # fmt: skip
+LUCIDRAINS_DISTRIBUTIONS = ("reformer-pytorch", "local-attention", "axial-positional-embedding",
+                            "product-key-memory")  # fmt: skip
+"""Recorded with each result: the knobs each build used, the versions of reformer-pytorch's parts."""
+
+
+@dataclass
+class Built:
+    model: nn.Module
+    loss: LossFn
+    version: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def package_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_reformer_lab(size: ModelSize, seq: int) -> Built:
+    import reformer_lab
+    from reformer_lab.model import ReformerConfig, ReformerLM
+
+    cfg = ReformerConfig(
+        vocab_size=size.vocab_size, dim=size.dim, depth=size.depth, heads=size.heads,
+        ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size,
+        n_hashes=size.n_hashes, causal=True, attention="lsh", reversible=True,
+        ff_chunks=ff_chunk_count(seq), axial_shape=axial_factors(seq), dropout=0.0,
+    )  # fmt: skip
+    model = ReformerLM(cfg)
+
+    def loss(tokens: Tensor) -> Tensor:  # tokens (1, seq + 1)
+        return model.loss(tokens[:, :-1], tokens[:, 1:]).loss
+
+    settings = {key: getattr(cfg, key) for key in REFORMER_LAB_KNOBS}
+    return Built(model, loss, f"reformer-lab {reformer_lab.__version__}", settings)
+
+
+def build_hf(size: ModelSize, seq: int) -> Built:
+    from transformers import ReformerConfig, ReformerModelWithLMHead
+
+    half = size.dim // 2
+    cfg = ReformerConfig(
+        vocab_size=size.vocab_size, hidden_size=size.dim, num_attention_heads=size.heads,
+        attention_head_size=size.head_dim, feed_forward_size=size.ff_mult * size.dim,
+        attn_layers=["lsh"] * size.depth, is_decoder=True,
+        lsh_attn_chunk_length=size.bucket_size, lsh_num_chunks_before=1, lsh_num_chunks_after=0,
+        num_hashes=size.n_hashes, num_buckets=None,  # None: HF picks ~2·seq/chunk, factorised when large
+        axial_pos_embds=True, axial_pos_shape=axial_factors(seq),
+        axial_pos_embds_dim=(half, size.dim - half), max_position_embeddings=seq,
+        chunk_size_feed_forward=seq // ff_chunk_count(seq),
+        hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
+        use_cache=False, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = ReformerModelWithLMHead(cfg)
+
+    settings = {key: getattr(cfg, key) for key in HF_KNOBS}
+
+    def loss(tokens: Tensor) -> Tensor:  # tokens (1, seq + 1); HF shifts the labels itself
+        inputs = tokens[:, :-1]  # (1, seq)
+        out = model(input_ids=inputs, labels=inputs)
+        settings["num_buckets"] = model.config.num_buckets  # HF sets it on the first step
+        return out.loss
+
+    return Built(model, loss, f"transformers {package_version('transformers')}", settings)
+
+
+def build_lucidrains(size: ModelSize, seq: int) -> Built:
+    from reformer_pytorch import ReformerLM
+
+    settings = {
+        "ff_chunks": ff_chunk_count(seq), "attn_chunks": size.heads,  # one head at a time
+        "axial_position_shape": axial_factors(seq), "reversible": "always in training",
+    }  # fmt: skip
+    model = ReformerLM(
+        num_tokens=size.vocab_size, dim=size.dim, depth=size.depth, max_seq_len=seq,
+        heads=size.heads, dim_head=size.head_dim, bucket_size=size.bucket_size,
+        n_hashes=size.n_hashes, ff_mult=size.ff_mult, causal=True,
+        ff_chunks=settings["ff_chunks"], attn_chunks=settings["attn_chunks"],
+        axial_position_emb=True, axial_position_shape=settings["axial_position_shape"],
+    )  # fmt: skip
+
+    def loss(tokens: Tensor) -> Tensor:  # tokens (1, seq + 1)
+        logits = model(tokens[:, :-1])  # (1, seq, vocab)
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    versions = {name: package_version(name) for name in LUCIDRAINS_DISTRIBUTIONS}
+    version = ", ".join(f"{name} {v}" for name, v in versions.items())
+    return Built(model, loss, version, settings)
+
+
+def build_full(size: ModelSize, seq: int, checkpoint_blocks: bool = False) -> Built:
+    model = PlainTransformerLM(
+        size.vocab_size, size.dim, size.depth, size.heads, size.ff_mult, checkpoint_blocks
+    )
+
+    def loss(tokens: Tensor) -> Tensor:  # tokens (1, seq + 1)
+        return model.loss(tokens[:, :-1], tokens[:, 1:])
+
+    settings = {"positions": "none (NoPE)", "attention": "torch SDPA, is_causal=True",
+                "checkpoint_blocks": checkpoint_blocks}  # fmt: skip
+    return Built(model, loss, "harness (torch SDPA)", settings)
+
+
+BUILDERS: dict[str, Callable[[ModelSize, int], Built]] = {
+    "reformer-lab": build_reformer_lab,
+    "hf": build_hf,
+    "lucidrains": build_lucidrains,
+    "full": build_full,
+    "full-ckpt": lambda size, seq: build_full(size, seq, checkpoint_blocks=True),
+}
