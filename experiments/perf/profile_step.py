@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--backend", nargs="+", default=["torch", "triton"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--ff-chunks", type=int, default=16)
+    parser.add_argument("--trace", action="store_true",
+                        help="also print the top CUDA kernels of one step (torch.profiler)")
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     print("config  seq      backend  fwd_peak_gb  peak_gb  fwd_ms    step_ms   tok/s", flush=True)
@@ -81,7 +83,30 @@ def main() -> None:
                     print(f"{config:7s} {seq:<8d} {backend:8s} OOM", flush=True)
                 except Exception as e:  # report and go on to the next setting
                     print(f"{config:7s} {seq:<8d} {backend:8s} ERROR {type(e).__name__}: {e}"[:300], flush=True)
+                if args.trace:
+                    trace(config, seq, backend, args.ff_chunks)
                 torch.cuda.empty_cache()
+
+
+def trace(config: str, seq: int, backend: str, ff_chunks: int) -> None:
+    """The 25 CUDA kernels that take the most time in one training step."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    cfg = ReformerConfig(vocab_size=256, max_seq_len=seq, axial_shape=axial(seq), backend=backend,
+                         ff_chunks=max(1, min(ff_chunks, seq // 1024)), **SIZES[config])
+    model = ReformerLM(cfg).cuda()
+    tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
+    for _ in range(2):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
+        loss.backward()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
+        loss.backward()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
 
 
 if __name__ == "__main__":
