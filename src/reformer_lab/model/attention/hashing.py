@@ -74,19 +74,17 @@ def hash_vectors(x: Tensor, rotations: list[Tensor], factors: tuple[int, ...]) -
     B, H, L, _ = x.shape
     R = rotations[0].shape[1]
     buckets = torch.zeros(B, H, R, L, dtype=torch.long, device=x.device)
-    widest = max(factors) // 2
-    block = max(1, HASH_BLOCK_ELEMENTS // (B * H * widest))
-    for r in range(R):
-        for start in range(0, L, block):
-            xs = x[:, :, start : start + block].float()  # (B, H, l, d)
-            stride = 1
-            for rotation, n in zip(rotations, factors):
-                rotated = torch.einsum("bhld,hdk->bhlk", xs, rotation[:, r])  # (B, H, l, n/2)
-                top, top_at = rotated.max(dim=-1)
-                low, low_at = rotated.min(dim=-1)
-                b = torch.where(top >= -low, top_at, low_at + n // 2)  # (B, H, l)
-                buckets[:, :, r, start : start + block] += b * stride
-                stride *= n
+    block = max(1, HASH_BLOCK_ELEMENTS // (B * H * R * (max(factors) // 2)))
+    for start in range(0, L, block):
+        xs = x[:, :, start : start + block].float()  # (B, H, l, d)
+        stride = 1
+        for rotation, n in zip(rotations, factors):
+            rotated = torch.einsum("bhld,hrdk->bhrlk", xs, rotation)  # (B, H, R, l, n/2)
+            top, top_at = rotated.max(dim=-1)
+            low, low_at = rotated.min(dim=-1)
+            b = torch.where(top >= -low, top_at, low_at + n // 2)  # (B, H, R, l)
+            buckets[..., start : start + block] += b * stride
+            stride *= n
     return buckets
 
 

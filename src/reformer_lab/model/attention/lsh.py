@@ -100,7 +100,6 @@ class LSHAttentionCore(nn.Module):
         n_hashes: int | None = None,
         plan: dict | None = None,
     ) -> Tensor:
-        L = q.shape[2]
         R = n_hashes or self.n_hashes
         C = self.bucket_size
 
@@ -111,8 +110,10 @@ class LSHAttentionCore(nn.Module):
         else:
             with torch.no_grad():
                 buckets = self.buckets(q.detach(), key_valid, R)  # (B, H, R, L)
-                positions = torch.arange(L, device=q.device)
-                order = (buckets * L + positions).argsort(dim=-1)  # sort by (bucket, position)
+                # Sort by (bucket, position): a stable sort of the buckets keeps positions in
+                # order within each bucket (bucket ids stay far below 2^31).
+                key = buckets.to(torch.int32)
+                order = torch.sort(key, dim=-1, stable=True).indices  # (B, H, R, L)
             if plan is not None:
                 plan["order"] = order.to(torch.int32)
                 if not self.attend_across_buckets:
