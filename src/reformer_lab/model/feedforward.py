@@ -10,13 +10,18 @@ import torch
 from torch import Tensor, nn
 
 
+def dropout_layer(p: float) -> nn.Module:
+    """nn.Dropout(p), or nothing at all when p is 0 (no kernel launched, no RNG state kept)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class FeedForward(nn.Module):
     """(B, L, dim) -> (B, L, dim): Linear -> GELU -> dropout -> Linear."""
 
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+            nn.Linear(dim, hidden), nn.GELU(), dropout_layer(dropout), nn.Linear(hidden, dim)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention
 from .config import ReformerConfig
-from .feedforward import FeedForward
+from .feedforward import FeedForward, dropout_layer
 from .positional import AxialPositionalEmbedding
 from .reversible import ReversibleLayer, run_layers
 
@@ -43,7 +43,7 @@ class AttentionBranch(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
         self.attention = SelfAttention(cfg, kind, layer_index)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = dropout_layer(cfg.dropout)
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         return self.dropout(self.attention(self.norm(x), key_valid, n_hashes=n_hashes, plan=plan))
@@ -56,7 +56,7 @@ class FeedForwardBranch(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
         self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = dropout_layer(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.ff(self.norm(x)))
@@ -71,7 +71,7 @@ class ReformerLM(nn.Module):
         self.token_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         nn.init.normal_(self.token_emb.weight, std=0.02)
         self.pos_emb = AxialPositionalEmbedding(cfg.axial_shape, cfg.axial_dims)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.emb_dropout = dropout_layer(cfg.dropout)
         self.layers = nn.ModuleList(
             ReversibleLayer(AttentionBranch(cfg, kind, i), FeedForwardBranch(cfg), cfg.ff_chunks)
             for i, kind in enumerate(cfg.attention_per_layer)
