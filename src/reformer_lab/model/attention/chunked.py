@@ -92,7 +92,8 @@ def chunked_attention_torch(
     scores = scores.masked_fill(is_self, SELF_SCORE).masked_fill(masked, MASK_SCORE)
 
     lse = torch.logsumexp(scores, dim=-1)  # (G, n, C)
-    probs = torch.exp(scores - lse[..., None]).to(v.dtype)  # (G, n, C, 2C)
+    # softmax, not exp(scores - lse): lse ~ -1e9 in fully masked rows has lost its log(2C).
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)  # (G, n, C, 2C)
     out = torch.einsum("gnij,gnjd->gnid", probs, vc)  # (G, n, C, d)
     return out.reshape(G, L, d), lse.reshape(G, L)
 
