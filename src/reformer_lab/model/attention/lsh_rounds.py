@@ -75,17 +75,18 @@ def duplicate_correction(order: Tensor, r: int, chunk_size: int, dtype: torch.dt
 def gather_rows(x: Tensor, order: Tensor) -> Tensor:
     """x[b, h, order[b, h, s]] for every slot s: (B, H, L, d), (B, H, L) -> (B*H, L, d).
 
-    Reads whole rows by one index each, in whatever dense layout x has (the projections give
-    (B, L, H, d) memory viewed as (B, H, L, d)), so no transposed copy is made.
+    Reads whole rows by one index each. The projections give (B, L, H, d) memory viewed as
+    (B, H, L, d); that layout is read as it is, without a transposed copy.
     """
     B, H, L, d = x.shape
-    if not (x.is_contiguous() or x.transpose(1, 2).is_contiguous()):
-        x = x.contiguous()
-    sb, sh, sl, _ = x.stride()
-    rows = x.as_strided((x.numel() // d, d), (d, 1))  # every row of x's memory
-    b = torch.arange(B, device=x.device)[:, None, None] * sb
-    h = torch.arange(H, device=x.device)[None, :, None] * sh
-    index = (b + h + order * sl) // d  # (B, H, L) row of each slot
+    b = torch.arange(B, device=x.device)[:, None, None]
+    h = torch.arange(H, device=x.device)[None, :, None]
+    if x.transpose(1, 2).is_contiguous():
+        rows = x.transpose(1, 2).reshape(B * L * H, d)  # a view: memory order (b, l, h)
+        index = (b * L + order) * H + h
+    else:
+        rows = x.contiguous().view(B * H * L, d)  # memory order (b, h, l)
+        index = (b * H + h) * L + order
     return rows.index_select(0, index.reshape(-1)).view(B * H, L, d)
 
 
