@@ -1,0 +1,127 @@
+"""Compile the chunked-attention kernels for a GPU on any machine, and read their resources.
+
+No GPU needed: triton compiles to a cubin for the named target, and the cuobjdump shipped in
+triton's wheel reads registers, spill stack and shared memory from it, and counts the Hopper
+matrix instructions (HGMMA) in its SASS. Spills (stack > 0) or a missing HGMMA mean a slow
+launch shape, found without spending device time.
+
+    python -m reformer_lab.kernels.resources --chunk 64 --head-dim 64 --dtype bf16 [--check]
+
+Must run without TRITON_INTERPRET=1 (the interpreter replaces the compiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_chunked as tc
+
+KERNELS = {
+    "fwd": (tc._fwd_kernel, dict(STATS=True)),
+    "dkdv": (tc._dkdv_kernel, dict(HAS_DLSE=True)),
+    "dq": (tc._dq_kernel, dict(HAS_DLSE=True)),
+}
+TYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+BLOCKS = ("Q", "K", "V", "OUT", "DOUT", "DQ", "DK", "DV")  # (G, L, d) tensors in the input dtype
+
+
+def _cuobjdump(*args: str) -> str:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return subprocess.run([tool, *args], capture_output=True, text=True, check=True).stdout
+
+
+def kernel_resources(
+    name: str,
+    chunk_size: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    config: tc.TileConfig,
+    *,
+    causal: bool = True,
+    has_valid: bool = True,
+    has_buckets: bool = False,
+    arch: int = 90,
+) -> dict:
+    """{'regs', 'stack', 'shared', 'hgmma'} of kernel `name` ('fwd', 'dkdv', 'dq') for sm_<arch>."""
+    fn, extra = KERNELS[name]
+    consts = dict(
+        C=chunk_size,
+        D=head_dim,
+        TILE=config.tile,
+        STEP=config.step,
+        STEPS=tc._window_steps(chunk_size, config),
+        NEED_VIS=tc._needs_visibility(chunk_size, config),
+        CAUSAL=causal,
+        HAS_VALID=has_valid,
+        HAS_BUCKETS=has_buckets,
+        UPCAST=False,
+        FP32_ACCURATE=dtype == torch.float32,
+        **extra,
+    )
+    pointer = {n: f"*{TYPE_NAMES[dtype]}" for n in BLOCKS} | {
+        "POS": "*i32",
+        "BKT": "*i32",
+        "VALID": "*u8",
+    }
+    scalar = {"L": "i32", "scale": "fp32"}
+    signature = {
+        n: "constexpr" if n in consts else scalar.get(n) or pointer.get(n, "*fp32")
+        for n in fn.arg_names
+    }
+    # What the launcher's specialisation assumes: pointers and L divisible by 16.
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, n in enumerate(fn.arg_names)
+        if n not in consts and n != "scale"
+    }
+    compiled = triton.compile(
+        ASTSource(fn, signature, constexprs=consts, attrs=attrs),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = os.path.join(folder, "kernel.cubin")
+        with open(cubin, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        usage = re.search(r"REG:(\d+) STACK:(\d+)", _cuobjdump("--dump-resource-usage", cubin))
+        sass = _cuobjdump("--dump-sass", cubin)
+    return dict(
+        regs=int(usage.group(1)),
+        stack=int(usage.group(2)),
+        shared=compiled.metadata.shared,
+        hgmma=sass.count("HGMMA"),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chunk", type=int, default=64)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--dtype", choices=list(TYPE_NAMES.values()), default="bf16")
+    parser.add_argument("--check", action="store_true", help="exit 1 on spills or no HGMMA")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter cannot compile")
+    dtype = {v: k for k, v in TYPE_NAMES.items()}[args.dtype]
+    configs = tc.default_configs(args.chunk, args.head_dim, dtype)
+    bad = 0
+    for name in KERNELS:
+        config = getattr(configs, name)
+        r = kernel_resources(name, args.chunk, args.head_dim, dtype, config)
+        bad += r["stack"] > 0 or r["hgmma"] == 0
+        print(f"{name:4s} C={args.chunk} d={args.head_dim} {args.dtype} {config}: {r}")
+    return 1 if args.check and bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The kernels compile for Hopper (sm_90) on this CPU-only machine, without register spills and
+with the Hopper matrix instructions (HGMMA) in place: a slow launch shape shows up here, not on
+the GPU. Runs in a subprocess because the interpreter (switched on by test_kernel_triton.py)
+replaces the compiler for the whole process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("triton") is None:  # find, not import: see test_kernel_triton.py
+    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PROBE = """
+import json, torch
+from reformer_lab.kernels import resources, triton_chunked as tc
+results = {}
+for C, d in ((64, 64), (16, 16)):
+    configs = tc.default_configs(C, d, torch.bfloat16)
+    for name in resources.KERNELS:
+        results[f"{name} C={C} d={d}"] = resources.kernel_resources(name, C, d, torch.bfloat16, getattr(configs, name))
+# A launch shape known to spill (dk/dv: 128 keys x 64 queries on 4 warps): the probe must see it.
+results["spilling"] = resources.kernel_resources("dkdv", 64, 64, torch.bfloat16, tc.TileConfig(128, 64, 4, 2))
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_default_launch_shapes_compile_for_sm90_without_spills():
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "0",
+        "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert results.pop("spilling")["stack"] > 0
+    assert len(results) == 6
+    for label, r in results.items():
+        assert r["stack"] == 0, f"{label} spills registers: {r}"
+        assert r["hgmma"] > 0, f"{label} has no HGMMA (wgmma) instructions: {r}"
