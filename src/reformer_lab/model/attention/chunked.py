@@ -99,6 +99,9 @@ def chunked_attention_torch(
 
 
 def normalize_keys(qk: Tensor) -> Tensor:
-    """Shared-QK keys: the queries scaled to unit length (sec 2), (..., d) -> (..., d)."""
-    work_dtype = torch.promote_types(qk.dtype, torch.float32)
-    return F.normalize(qk.to(work_dtype), dim=-1, eps=1e-6).to(qk.dtype)
+    """Shared-QK keys: the queries scaled to unit length (sec 2), (..., d) -> (..., d).
+
+    In the input's dtype: the norm's reduction accumulates in fp32 anyway, and an fp32 copy
+    of every query would be kept for the backward pass.
+    """
+    return F.normalize(qk, dim=-1, eps=1e-6)
