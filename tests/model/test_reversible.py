@@ -125,3 +125,31 @@ def test_reversible_backward_reuses_forward_buckets():
     model.loss(tokens, tokens).loss.backward()
     steps = [int(layer.f.attention.core.hash_step) for layer in model.layers]
     assert steps == [1, 1]
+
+
+@pytest.mark.parametrize("attention", ["lsh", "local", "full"])
+def test_head_groups_change_nothing_but_memory(attention):
+    # attn_chunks=2 computes heads {0}, {1} separately, in forward and in the reversible
+    # recomputation (dropout mask replayed once for the summed output).
+    torch.manual_seed(0)
+    whole = ReformerLM(tiny(attention=attention, attn_chunks=1)).double()
+    grouped = ReformerLM(tiny(attention=attention, attn_chunks=2)).double()
+    grouped.load_state_dict(whole.state_dict())
+    tokens = torch.randint(0, 17, (2, 37))
+    loss_w, grads_w = loss_and_grads(whole, tokens)
+    loss_g, grads_g = loss_and_grads(grouped, tokens)
+    assert abs(loss_w - loss_g) <= 1e-9 * abs(loss_w)
+    for name, g in grads_w.items():
+        torch.testing.assert_close(grads_g[name], g, rtol=1e-8, atol=1e-12)
+
+
+def test_head_groups_bound_the_heads_computed_at_once():
+    model = ReformerLM(tiny(heads=4, attn_chunks=2, dropout=0.0))
+    seen = []
+    for layer in model.layers:
+        core = layer.f.attention.core
+        core.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    tokens = torch.randint(0, 17, (1, 32))
+    model.loss(tokens, tokens).loss.backward()
+    # 2 layers x 2 groups in the forward pass and again in the backward recomputation.
+    assert seen == [2] * 8

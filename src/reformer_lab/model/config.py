@@ -57,6 +57,10 @@ class ReformerConfig:
     """Reversible residual layers (sec 3); False gives the same network with stored activations."""
     ff_chunks: int = 1
     """Feed-forward applied to this many sequence chunks one at a time (sec 3, 'chunking')."""
+    attn_chunks: int = 1
+    """Attention computed for this many groups of heads one at a time, in the forward pass and
+    in the reversible recomputation, so only heads / attn_chunks heads' activations exist at
+    once (reformer-pytorch chunks the batch under this name; heads bound memory at batch 1)."""
     loss_chunk_size: int = 4096
     """Positions per chunk in `ReformerLM.loss`: the (seq, vocab) logits never exist at once."""
     axial_shape: tuple[int, ...] | None = None
@@ -127,6 +131,7 @@ class ReformerConfig:
             "bucket_size",
             "n_hashes",
             "ff_chunks",
+            "attn_chunks",
             "loss_chunk_size",
         ):
             value = getattr(self, name)
@@ -140,6 +145,10 @@ class ReformerConfig:
             f"or set dim_head explicitly",
         )
         need(self.dim_head is None or self.dim_head >= 1, "dim_head must be positive")
+        need(
+            self.attn_chunks <= self.heads,
+            f"attn_chunks={self.attn_chunks} exceeds heads={self.heads}: at most one group per head",
+        )
         need(
             self.bucket_size & (self.bucket_size - 1) == 0,
             f"bucket_size={self.bucket_size} must be a power of two (e.g. "

@@ -22,9 +22,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention
 from .config import ReformerConfig
-from .feedforward import FeedForward, dropout_layer
+from .feedforward import FeedForward, dropout_layer, sequence_chunks
 from .positional import AxialPositionalEmbedding
-from .reversible import ReversibleLayer, run_layers
+from .reversible import ReversibleLayer, RngState, add_grads, replaying, run_layers
 
 
 class LMLoss(NamedTuple):
@@ -37,16 +37,70 @@ class LMLoss(NamedTuple):
 
 
 class AttentionBranch(nn.Module):
-    """F(x) = Dropout(Attention(LayerNorm(x)))."""
+    """F(x) = Dropout(Attention(LayerNorm(x))), heads computed in `attn_chunks` groups.
+
+    The output projection is linear in the concatenated heads, so F(x) = Dropout(b + sum_g
+    W_g A_g(LN(x))) over head groups g: each group's activations exist only while it is
+    computed, in the forward pass and in the reversible recomputation alike.
+    """
 
     def __init__(self, cfg: ReformerConfig, kind: str, layer_index: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
         self.attention = SelfAttention(cfg, kind, layer_index)
         self.dropout = dropout_layer(cfg.dropout)
+        self.head_groups = [
+            slice(s.start, s.stop) for s in sequence_chunks(cfg.heads, cfg.attn_chunks)
+        ]
+
+    def group(self, x: Tensor, heads: slice, key_valid: Tensor | None, n_hashes, plan) -> Tensor:
+        """One head group's share of the pre-dropout output; the first group adds the bias."""
+        part = self.attention(self.norm(x), key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        return self.attention.to_out.bias + part if heads.start == 0 else part
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
-        return self.dropout(self.attention(self.norm(x), key_valid, n_hashes=n_hashes, plan=plan))
+        out = None
+        for heads in self.head_groups:
+            part = self.group(x, heads, key_valid, n_hashes, plan)  # (B, L, dim)
+            out = part if out is None else out + part
+        return self.dropout(out)
+
+    def recompute_backward(
+        self,
+        x: Tensor,
+        grad: Tensor,
+        key_valid: Tensor | None,
+        n_hashes: int | None,
+        plan: dict,
+        rng: RngState | None,
+    ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+        """Recompute F(x) group by group and differentiate it against `grad` as we go.
+
+        Returns F(x) (no graph), dF/dx^T grad and the parameter gradients in
+        `self.parameters()` order. Only one head group's graph exists at a time.
+        """
+        params = list(self.parameters())
+        param_grads: list[Tensor | None] = [None] * len(params)
+        x = x.detach().requires_grad_()
+        dx: Tensor | None = None
+        out: Tensor | None = None
+        grad_pre: Tensor | None = None
+        mask: Tensor | None = None
+        for heads in self.head_groups:
+            with torch.enable_grad():
+                part = self.group(x, heads, key_valid, n_hashes, plan)  # (B, L, dim)
+            out = part.detach() if out is None else out + part.detach()
+            if grad_pre is None:  # the dropout mask of the forward pass, replayed
+                if isinstance(self.dropout, nn.Dropout) and self.training:
+                    with replaying(rng):
+                        mask = self.dropout(torch.ones_like(out))  # 0 or 1 / (1 - p)
+                grad_pre = grad if mask is None else grad * mask
+            grads = torch.autograd.grad(part, [x, *params], grad_pre, allow_unused=True)
+            dx = grads[0] if dx is None else dx + grads[0]
+            param_grads = [add_grads(a, b) for a, b in zip(param_grads, grads[1:])]
+            del part, grads
+        assert out is not None and dx is not None
+        return (out if mask is None else out * mask), dx, param_grads
 
 
 class FeedForwardBranch(nn.Module):

@@ -63,6 +63,7 @@ class ReversibleLayer(nn.Module):
     """One (attention, feed-forward) pair acting on the two residual streams."""
 
     def __init__(self, f: nn.Module, g: nn.Module, ff_chunks: int) -> None:
+        """f: the attention branch (it must offer `recompute_backward`); g: position-wise."""
         super().__init__()
         self.f, self.g, self.ff_chunks = f, g, ff_chunks
 
@@ -117,20 +118,19 @@ class ReversibleLayer(nn.Module):
                 grads = torch.autograd.grad(g_out, [y1_s, *g_params], dy2[:, s], allow_unused=True)
                 dy1[:, s] += grads[0]
                 y2[:, s] -= g_out.detach()  # y2 now holds x2 on this chunk
-                g_grads = [_add(a, b) for a, b in zip(g_grads, grads[1:])]
+                g_grads = [add_grads(a, b) for a, b in zip(g_grads, grads[1:])]
                 del g_out, grads
-        x2 = y2.detach().requires_grad_()  # shares storage: X2
-        # X1 = Y1 - F(X2) and dX2 = dY2 + dF/dX2^T dX1, with dX1 = dY1 (now complete).
-        f_params = list(self.f.parameters())
-        with replaying(record.rng_f), torch.enable_grad():
-            f_out = self.f(x2, key_valid, n_hashes=n_hashes, plan=record.plan)  # (B, L, dim)
-        grads = torch.autograd.grad(f_out, [x2, *f_params], dy1, allow_unused=True)
-        y1 -= f_out.detach()  # y1 now holds x1
-        dy2 += grads[0]  # dy2 now holds dx2
-        return [*grads[1:], *g_grads]
+        # X1 = Y1 - F(X2) and dX2 = dY2 + dF/dX2^T dX1, with dX1 = dY1 (now complete); the
+        # branch recomputes itself head group by head group (AttentionBranch).
+        f_out, dx2_from_f, f_grads = self.f.recompute_backward(
+            y2, dy1, key_valid, n_hashes, record.plan, record.rng_f
+        )
+        y1 -= f_out  # y1 now holds x1
+        dy2 += dx2_from_f  # dy2 now holds dx2
+        return [*f_grads, *g_grads]
 
 
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+def add_grads(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     if a is None:
         return b
     return a if b is None else a + b

@@ -29,6 +29,7 @@ class FullAttentionCore(nn.Module):
         *,
         n_hashes: int | None = None,
         plan: dict | None = None,
+        heads: slice | None = None,
     ) -> Tensor:
         if not self.shared_qk and key_valid is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # flash path

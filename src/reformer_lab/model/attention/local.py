@@ -27,6 +27,7 @@ class LocalAttentionCore(nn.Module):
         *,
         n_hashes: int | None = None,
         plan: dict | None = None,
+        heads: slice | None = None,
     ) -> Tensor:
         B, H, L, d = q.shape
         pos = torch.arange(L, device=q.device).expand(B * H, L)  # (B*H, L)

@@ -63,11 +63,10 @@ class LSHAttentionCore(nn.Module):
 
     # --- hashing --------------------------------------------------------------------
     def rotations(
-        self, factors: tuple[int, ...], n_hashes: int, device: torch.device
+        self, factors: tuple[int, ...], n_hashes: int, device: torch.device, step: int
     ) -> list[Tensor]:
-        if self.training:
-            step = int(self.hash_step)
-            self.hash_step += 1
+        """Rotations of every head for a training step, or the fixed eval ones (step -1)."""
+        if step != EVAL_STEP:
             seed = mix_seed(self.seed, self.layer_index, step)
             return draw_rotations(factors, self.heads, n_hashes, self.head_dim, seed, device)
         key = (factors, n_hashes, device)
@@ -78,12 +77,22 @@ class LSHAttentionCore(nn.Module):
             )
         return self._eval_rotations[key]
 
-    def buckets(self, qk: Tensor, key_valid: Tensor | None, n_hashes: int) -> Tensor:
-        """(B, H, L, d) -> (B, H, R, L) bucket ids; padding gets the id one past the last."""
+    def buckets(
+        self,
+        qk: Tensor,
+        key_valid: Tensor | None,
+        n_hashes: int,
+        heads: slice | None = None,
+        step: int = EVAL_STEP,
+    ) -> Tensor:
+        """(B, h, L, d) -> (B, h, R, L) bucket ids of heads `heads` (all by default) at a
+        training step (or with the eval rotations); padding gets the id one past the last."""
+        heads = heads if heads is not None else slice(0, self.heads)
         L = qk.shape[2]
         n_buckets = self.n_buckets or default_n_buckets(L, self.bucket_size)
         factors = bucket_factors(n_buckets)
-        buckets = hash_vectors(qk, self.rotations(factors, n_hashes, qk.device), factors)
+        rotations = [r[heads] for r in self.rotations(factors, n_hashes, qk.device, step)]
+        buckets = hash_vectors(qk, rotations, factors)
         if key_valid is not None:
             pad_bucket = math.prod(factors)
             buckets = buckets.masked_fill(~key_valid[:, None, None, :], pad_bucket)
@@ -99,25 +108,33 @@ class LSHAttentionCore(nn.Module):
         *,
         n_hashes: int | None = None,
         plan: dict | None = None,
+        heads: slice | None = None,
     ) -> Tensor:
+        heads = heads if heads is not None else slice(0, self.heads)
         R = n_hashes or self.n_hashes
         C = self.bucket_size
-
-        if plan is not None and "order" in plan:
-            order = plan["order"].long()  # (B, H, R, L)
-            buckets = plan.get("buckets")
+        key = f"order{heads.start}"
+        if plan is not None and key in plan:
+            order = plan[key].long()  # (B, h, R, L)
+            buckets = plan.get(f"buckets{heads.start}")
             R = order.shape[2]
         else:
+            step = EVAL_STEP
+            if self.training:
+                # One fresh draw per forward pass: the first head group advances the step,
+                # the others hash with the same rotations.
+                if heads.start == 0:
+                    self.hash_step += 1
+                step = int(self.hash_step) - 1
             with torch.no_grad():
-                buckets = self.buckets(q.detach(), key_valid, R)  # (B, H, R, L)
+                buckets = self.buckets(q.detach(), key_valid, R, heads, step)  # (B, h, R, L)
                 # Sort by (bucket, position): a stable sort of the buckets keeps positions in
                 # order within each bucket (bucket ids stay far below 2^31).
-                key = buckets.to(torch.int32)
-                order = torch.sort(key, dim=-1, stable=True).indices  # (B, H, R, L)
+                order = torch.sort(buckets.to(torch.int32), dim=-1, stable=True).indices
             if plan is not None:
-                plan["order"] = order.to(torch.int32)
+                plan[key] = order.to(torch.int32)
                 if not self.attend_across_buckets:
-                    plan["buckets"] = buckets
+                    plan[f"buckets{heads.start}"] = buckets
 
         rounds = HashRounds(
             order=order,

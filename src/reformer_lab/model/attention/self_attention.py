@@ -6,6 +6,7 @@ normalised to unit length. Every core takes (B, H, L, d) tensors, so layers can 
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ReformerConfig
@@ -38,11 +39,12 @@ def build_core(cfg: ReformerConfig, kind: str, layer_index: int) -> nn.Module:
 
 
 class SelfAttention(nn.Module):
-    """(B, L, dim) -> (B, L, dim)."""
+    """(B, L, dim) -> (B, L, dim); heads can be computed in groups (see `forward`)."""
 
     def __init__(self, cfg: ReformerConfig, kind: str, layer_index: int) -> None:
         super().__init__()
         self.kind, self.heads, self.shared_qk = kind, cfg.heads, cfg.shared_qk
+        self.head_dim = cfg.head_dim
         inner = cfg.heads * cfg.head_dim
         self.to_q = nn.Linear(cfg.dim, inner, bias=False)  # the shared QK projection if shared_qk
         self.to_k = None if cfg.shared_qk else nn.Linear(cfg.dim, inner, bias=False)
@@ -50,9 +52,13 @@ class SelfAttention(nn.Module):
         self.to_out = nn.Linear(inner, cfg.dim)
         self.core = build_core(cfg, kind, layer_index)
 
-    def split_heads(self, x: Tensor) -> Tensor:  # (B, L, H*d) -> (B, H, L, d)
+    def split_heads(self, x: Tensor) -> Tensor:  # (B, L, h*d) -> (B, h, L, d)
         B, L, _ = x.shape
-        return x.view(B, L, self.heads, -1).transpose(1, 2)
+        return x.view(B, L, -1, self.head_dim).transpose(1, 2)
+
+    def head_rows(self, linear: nn.Linear, heads: slice) -> Tensor:
+        """The rows of a projection's weight that produce heads `heads`: (h*d, dim)."""
+        return linear.weight[heads.start * self.head_dim : heads.stop * self.head_dim]
 
     def forward(
         self,
@@ -61,10 +67,20 @@ class SelfAttention(nn.Module):
         *,
         n_hashes: int | None = None,
         plan: dict | None = None,
+        heads: slice | None = None,
     ) -> Tensor:
-        q = self.split_heads(self.to_q(x))  # (B, H, L, d)
-        k = normalize_keys(q) if self.to_k is None else self.split_heads(self.to_k(x))
-        v = self.split_heads(self.to_v(x))  # (B, H, L, d)
-        out = self.core(q, k, v, key_valid, n_hashes=n_hashes, plan=plan)  # (B, H, L, d)
-        B, H, L, d = out.shape
-        return self.to_out(out.transpose(1, 2).reshape(B, L, H * d))  # (B, L, dim)
+        """(B, L, dim) -> (B, L, dim): the output projection of heads `heads` (all by default),
+        without the output bias. The projection is linear in the concatenated heads, so the
+        parts of disjoint head groups add up to the whole (bias aside)."""
+        heads = heads if heads is not None else slice(0, self.heads)
+        q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
+        if self.to_k is None:
+            k = normalize_keys(q)
+        else:
+            k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
+        v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
+        out = self.core(q, k, v, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        B, h, L, d = out.shape
+        out = out.transpose(1, 2).reshape(B, L, h * d)  # (B, L, h*d)
+        w_out = self.to_out.weight[:, heads.start * d : heads.stop * d]  # (dim, h*d)
+        return F.linear(out, w_out)  # (B, L, dim)
