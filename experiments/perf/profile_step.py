@@ -27,10 +27,23 @@ def axial(seq: int) -> tuple[int, int]:
     return first, -(-seq // first)
 
 
-def profile(config: str, seq: int, backend: str, steps: int, ff_chunks: int) -> dict:
-    cfg = ReformerConfig(vocab_size=256, max_seq_len=seq, axial_shape=axial(seq), backend=backend,
-                         ff_chunks=max(1, min(ff_chunks, seq // 1024)), **SIZES[config])
-    model = ReformerLM(cfg).cuda()
+def build(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int) -> ReformerLM:
+    cfg = ReformerConfig(
+        vocab_size=256,
+        max_seq_len=seq,
+        axial_shape=axial(seq),
+        backend=backend,
+        ff_chunks=max(1, min(ff_chunks, seq // 1024)),
+        attn_chunks=min(attn_chunks, SIZES[config]["heads"]),
+        **SIZES[config],
+    )
+    return ReformerLM(cfg).cuda()
+
+
+def profile(
+    config: str, seq: int, backend: str, steps: int, ff_chunks: int, attn_chunks: int
+) -> dict:
+    model = build(config, seq, backend, ff_chunks, attn_chunks)
     tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     fwd_ms, step_ms, fwd_peak, step_peak = [], [], 0.0, 0.0
@@ -54,9 +67,16 @@ def profile(config: str, seq: int, backend: str, steps: int, ff_chunks: int) -> 
             fwd_peak = max(fwd_peak, peak_fwd)
             step_peak = max(step_peak, torch.cuda.max_memory_allocated() / 1e9)
     med = statistics.median(step_ms)
-    return dict(config=config, seq=seq, backend=backend, fwd_peak_gb=round(fwd_peak, 3),
-                peak_gb=round(step_peak, 3), fwd_ms=round(statistics.median(fwd_ms), 2),
-                step_ms=round(med, 2), tok_per_s=round(seq / med * 1e3))
+    return dict(
+        config=config,
+        seq=seq,
+        backend=f"{backend}/a{attn_chunks}",
+        fwd_peak_gb=round(fwd_peak, 3),
+        peak_gb=round(step_peak, 3),
+        fwd_ms=round(statistics.median(fwd_ms), 2),
+        step_ms=round(med, 2),
+        tok_per_s=round(seq / med * 1e3),
+    )
 
 
 def main() -> None:
@@ -66,35 +86,43 @@ def main() -> None:
     parser.add_argument("--backend", nargs="+", default=["torch", "triton"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--ff-chunks", type=int, default=16)
-    parser.add_argument("--trace", action="store_true",
-                        help="also print the top CUDA kernels of one step (torch.profiler)")
+    parser.add_argument("--attn-chunks", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="also print the top CUDA kernels of one step (torch.profiler)",
+    )
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     print("config  seq      backend  fwd_peak_gb  peak_gb  fwd_ms    step_ms   tok/s", flush=True)
     for config in args.config:
         for seq in args.seq:
-            for backend in args.backend:
+            for backend, attn_chunks in [(b, a) for b in args.backend for a in args.attn_chunks]:
                 try:
-                    r = profile(config, seq, backend, args.steps, args.ff_chunks)
-                    print(f"{config:7s} {seq:<8d} {backend:8s} {r['fwd_peak_gb']:<12} "
-                          f"{r['peak_gb']:<8} {r['fwd_ms']:<9} {r['step_ms']:<9} {r['tok_per_s']}",
-                          flush=True)
+                    r = profile(config, seq, backend, args.steps, args.ff_chunks, attn_chunks)
+                    print(
+                        f"{config:7s} {seq:<8d} {r['backend']:10s} {r['fwd_peak_gb']:<12} "
+                        f"{r['peak_gb']:<8} {r['fwd_ms']:<9} {r['step_ms']:<9} {r['tok_per_s']}",
+                        flush=True,
+                    )
                 except torch.OutOfMemoryError:
                     print(f"{config:7s} {seq:<8d} {backend:8s} OOM", flush=True)
                 except Exception as e:  # report and go on to the next setting
-                    print(f"{config:7s} {seq:<8d} {backend:8s} ERROR {type(e).__name__}: {e}"[:300], flush=True)
+                    print(
+                        f"{config:7s} {seq:<8d} {backend:8s} ERROR {type(e).__name__}: {e}"[:300],
+                        flush=True,
+                    )
                 if args.trace:
-                    trace(config, seq, backend, args.ff_chunks)
+                    trace(config, seq, backend, args.ff_chunks, attn_chunks)
                 torch.cuda.empty_cache()
 
 
-def trace(config: str, seq: int, backend: str, ff_chunks: int) -> None:
+def trace(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int) -> None:
     """The 25 CUDA kernels that take the most time in one training step."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
-    cfg = ReformerConfig(vocab_size=256, max_seq_len=seq, axial_shape=axial(seq), backend=backend,
-                         ff_chunks=max(1, min(ff_chunks, seq // 1024)), **SIZES[config])
-    model = ReformerLM(cfg).cuda()
+    model = build(config, seq, backend, ff_chunks, attn_chunks)
     tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
     for _ in range(2):
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -106,7 +134,9 @@ def trace(config: str, seq: int, backend: str, ff_chunks: int) -> None:
             loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
         loss.backward()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    )
 
 
 if __name__ == "__main__":
