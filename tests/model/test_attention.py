@@ -211,3 +211,11 @@ def test_blocked_factorised_hash_equals_the_product_of_argmax_hashes(monkeypatch
             expected = expected + torch.cat([rotated, -rotated], -1).argmax(-1) * stride
             stride *= n
         assert torch.equal(buckets[:, :, r], expected)
+
+
+def test_shared_keys_keep_the_query_dtype_under_autocast():
+    q = torch.randn(1, 2, 8, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k = normalize_keys(q)
+    assert k.dtype == torch.bfloat16
+    torch.testing.assert_close(k.float().norm(dim=-1), torch.ones(1, 2, 8), atol=1e-2, rtol=0)

@@ -101,7 +101,8 @@ def chunked_attention_torch(
 def normalize_keys(qk: Tensor) -> Tensor:
     """Shared-QK keys: the queries scaled to unit length (sec 2), (..., d) -> (..., d).
 
-    In the input's dtype: the norm's reduction accumulates in fp32 anyway, and an fp32 copy
-    of every query would be kept for the backward pass.
+    Returned in the input's dtype (autocast would otherwise give fp32 keys beside bf16
+    queries); the norm's reduction accumulates in fp32 anyway, and no fp32 copy of the
+    queries is kept for the backward pass.
     """
-    return F.normalize(qk, dim=-1, eps=1e-6)
+    return F.normalize(qk, dim=-1, eps=1e-6).to(qk.dtype)
