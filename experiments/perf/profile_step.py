@@ -33,7 +33,7 @@ def build(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int)
         max_seq_len=seq,
         axial_shape=axial(seq),
         backend=backend,
-        ff_chunks=max(1, min(ff_chunks, seq // 1024)),
+        ff_chunks=max(1, seq // ff_chunks),
         attn_chunks=min(attn_chunks, SIZES[config]["heads"]),
         **SIZES[config],
     )
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--seq", nargs="+", type=int, default=[4096, 16384, 65536])
     parser.add_argument("--backend", nargs="+", default=["torch", "triton"])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--ff-chunks", type=int, default=16)
+    parser.add_argument("--ff-chunks", type=int, default=32768, help="positions per FF chunk")
     parser.add_argument("--attn-chunks", type=int, nargs="+", default=[1])
     parser.add_argument(
         "--trace",

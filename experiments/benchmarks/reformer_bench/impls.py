@@ -22,7 +22,18 @@ from .settings import ModelSize, axial_factors, ff_chunk_count
 LossFn = Callable[[Tensor], Tensor]
 
 
-REFORMER_LAB_KNOBS = ("ff_chunks", "axial_shape", "n_buckets", "loss_chunk_size", "backend")
+REFORMER_LAB_KNOBS = (
+    "ff_chunks",
+    "attn_chunks",
+    "axial_shape",
+    "n_buckets",
+    "loss_chunk",
+    "backend",
+)
+REFORMER_LAB_FF_CHUNK_TOKENS = 32768
+"""reformer-lab recomputes the feed-forward chunk by chunk in its reversible backward, so a
+chunk's hidden activation is the only one alive; 32K positions (128 MB of bf16 hidden at
+d_ff 2048) keeps the kernel count low without costing memory that matters."""
 HF_KNOBS = ("axial_pos_shape", "axial_pos_embds_dim", "chunk_size_feed_forward",
             "lsh_attn_chunk_length", "num_hashes", "hidden_act")  # fmt: skip
 LUCIDRAINS_DISTRIBUTIONS = ("reformer-pytorch", "local-attention", "axial-positional-embedding",
@@ -53,7 +64,8 @@ def build_reformer_lab(size: ModelSize, seq: int) -> Built:
         vocab_size=size.vocab_size, dim=size.dim, depth=size.depth, heads=size.heads,
         ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size,
         n_hashes=size.n_hashes, causal=True, attention="lsh", reversible=True,
-        ff_chunks=ff_chunk_count(seq), axial_shape=axial_factors(seq), dropout=0.0,
+        ff_chunks=max(1, seq // REFORMER_LAB_FF_CHUNK_TOKENS), axial_shape=axial_factors(seq),
+        dropout=0.0,
     )  # fmt: skip
     model = ReformerLM(cfg)
 

@@ -61,8 +61,9 @@ class ReformerConfig:
     """Attention computed for this many groups of heads one at a time, in the forward pass and
     in the reversible recomputation, so only heads / attn_chunks heads' activations exist at
     once (reformer-pytorch chunks the batch under this name; heads bound memory at batch 1)."""
-    loss_chunk_size: int = 4096
-    """Positions per chunk in `ReformerLM.loss`: the (seq, vocab) logits never exist at once."""
+    loss_chunk_size: int | None = None
+    """Positions per chunk in `ReformerLM.loss`: the (seq, vocab) logits never exist at once.
+    None: as many as keep a chunk's logits at 2^24 floats (65536 positions for bytes)."""
     axial_shape: tuple[int, ...] | None = None
     """Factorisation of the positions for axial embeddings (sec 4 of the paper's appendix / trax):
     2-D for text, (height, width, channels) for images. None picks two near-equal factors."""
@@ -112,6 +113,11 @@ class ReformerConfig:
         kinds = set(self.attention_per_layer)
         return self.bucket_size if kinds & {"lsh", "local"} else 1
 
+    @property
+    def loss_chunk(self) -> int:
+        """Positions per loss chunk (see `loss_chunk_size`)."""
+        return self.loss_chunk_size or max(1, (1 << 24) // self.vocab_size)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -132,7 +138,6 @@ class ReformerConfig:
             "n_hashes",
             "ff_chunks",
             "attn_chunks",
-            "loss_chunk_size",
         ):
             value = getattr(self, name)
             need(
@@ -145,6 +150,11 @@ class ReformerConfig:
             f"or set dim_head explicitly",
         )
         need(self.dim_head is None or self.dim_head >= 1, "dim_head must be positive")
+        need(
+            self.loss_chunk_size is None
+            or (isinstance(self.loss_chunk_size, int) and self.loss_chunk_size >= 1),
+            f"loss_chunk_size must be a positive integer or None, got {self.loss_chunk_size!r}",
+        )
         need(
             self.attn_chunks <= self.heads,
             f"attn_chunks={self.attn_chunks} exceeds heads={self.heads}: at most one group per head",

@@ -147,7 +147,7 @@ class ReformerLM(nn.Module):
                 f"sequence length {n} must be in 1..max_seq_len={cfg.max_seq_len}: "
                 f"raise max_seq_len (and axial_shape) or crop the input"
             )
-        lo, hi = int(tokens.min()), int(tokens.max())
+        lo, hi = (int(v) for v in torch.aminmax(tokens))  # one device sync
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"token ids span [{lo}, {hi}] but vocab_size={cfg.vocab_size}")
         if key_padding_mask is not None and (
@@ -222,7 +222,7 @@ class ReformerLM(nn.Module):
         n_hashes: int | None = None,
         ignore_index: int = -100,
     ) -> LMLoss:
-        """Cross-entropy of targets[:, t] at position t, `loss_chunk_size` positions at a time.
+        """Cross-entropy of targets[:, t] at position t, `cfg.loss_chunk` positions at a time.
 
         The final norm, head and loss of each chunk are recomputed in the backward pass
         (activation checkpointing of the head alone, reading the residual streams the
@@ -236,7 +236,7 @@ class ReformerLM(nn.Module):
         y1, y2 = self.streams(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes)
         total = y1.new_zeros((), dtype=torch.promote_types(y1.dtype, torch.float32))
         n_correct = torch.zeros((), dtype=torch.long, device=y1.device)
-        step = self.cfg.loss_chunk_size
+        step = self.cfg.loss_chunk
         for start in range(0, y1.shape[1], step):
             s = slice(start, start + step)
             args = (y1[:, s], y2[:, s], targets[:, s], ignore_index)

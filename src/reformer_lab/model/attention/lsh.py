@@ -59,7 +59,12 @@ class LSHAttentionCore(nn.Module):
         # Training steps taken: the training rotations are a function of it, and it is saved
         # with checkpoints, so a resumed run hashes exactly as the uninterrupted one.
         self.register_buffer("hash_step", torch.zeros((), dtype=torch.long))
+        self._next_step = 0  # host copy of hash_step: reading the buffer would sync the GPU
         self._eval_rotations: dict[tuple, list[Tensor]] = {}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._next_step = int(self.hash_step)  # resume from the checkpoint's step
 
     # --- hashing --------------------------------------------------------------------
     def rotations(
@@ -124,8 +129,9 @@ class LSHAttentionCore(nn.Module):
                 # One fresh draw per forward pass: the first head group advances the step,
                 # the others hash with the same rotations.
                 if heads.start == 0:
-                    self.hash_step += 1
-                step = int(self.hash_step) - 1
+                    self._next_step += 1
+                    self.hash_step.fill_(self._next_step)
+                step = self._next_step - 1
             with torch.no_grad():
                 buckets = self.buckets(q.detach(), key_valid, R, heads, step)  # (B, h, R, L)
                 # Sort by (bucket, position): a stable sort of the buckets keeps positions in
