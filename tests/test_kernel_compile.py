@@ -1,7 +1,8 @@
 """The kernels compile for Hopper (sm_90) on this CPU-only machine, without register spills and
-with the Hopper matrix instructions (HGMMA) in place: a slow launch shape shows up here, not on
-the GPU. Runs in a subprocess because the interpreter (switched on by test_kernel_triton.py)
-replaces the compiler for the whole process."""
+with matrix instructions in place (warpgroup HGMMA for 4 warps or more, mma.sync HMMA below):
+a slow launch shape shows up here, not on the GPU. Covers the chunked kernels and the fused
+LSH round kernels at their default launch shapes. Runs in a subprocess because the
+interpreter (switched on by test_kernel_triton.py) replaces the compiler for the whole process."""
 
 from __future__ import annotations
 
@@ -21,11 +22,22 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PROBE = """
 import json, torch
 from reformer_lab.kernels import resources, triton_chunked as tc
+from reformer_lab.kernels.rounds import default_round_configs
 results = {}
 for C, d in ((64, 64), (16, 16)):
     configs = tc.default_configs(C, d, torch.bfloat16)
     for name in resources.KERNELS:
-        results[f"{name} C={C} d={d}"] = resources.kernel_resources(name, C, d, torch.bfloat16, getattr(configs, name))
+        cfg = getattr(configs, name)
+        r = resources.kernel_resources(name, C, d, torch.bfloat16, cfg)
+        results[f"{name} C={C} d={d}"] = r | {"warps": cfg.num_warps}
+    configs = default_round_configs(C, d, torch.bfloat16)
+    for name, (_, part, _) in resources.ROUND_KERNELS.items():
+        cfg = getattr(configs, part)
+        for buckets in (False, True):
+            r = resources.round_kernel_resources(
+                name, C, d, torch.bfloat16, cfg, has_buckets=buckets
+            )
+            results[f"{name} C={C} d={d} buckets={buckets}"] = r | {"warps": cfg.num_warps}
 # A launch shape known to spill (dk/dv: 128 keys x 64 queries on 4 warps): the probe must see it.
 results["spilling"] = resources.kernel_resources("dkdv", 64, 64, torch.bfloat16, tc.TileConfig(128, 64, 4, 2))
 print(json.dumps(results))
@@ -45,7 +57,10 @@ def test_default_launch_shapes_compile_for_sm90_without_spills():
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     assert results.pop("spilling")["stack"] > 0
-    assert len(results) == 6
+    assert len(results) == 2 * (3 + 3 * 2)
     for label, r in results.items():
         assert r["stack"] == 0, f"{label} spills registers: {r}"
-        assert r["hgmma"] > 0, f"{label} has no HGMMA (wgmma) instructions: {r}"
+        if r["warps"] >= 4:
+            assert r["hgmma"] > 0, f"{label} has no HGMMA (wgmma) instructions: {r}"
+        else:
+            assert r["hmma"] > 0, f"{label} has no HMMA (mma.sync) instructions: {r}"

@@ -8,12 +8,16 @@ from .api import (
     interpreting,
     triton_available,
 )
+from .rounds import check_rounds_inputs, lsh_rounds_backward, lsh_rounds_forward
 
 __all__ = [
     "SUPPORTED_CHUNK_SIZES",
     "SUPPORTED_DTYPES",
     "SUPPORTED_HEAD_DIMS",
+    "check_rounds_inputs",
     "chunked_attention_triton",
     "interpreting",
+    "lsh_rounds_backward",
+    "lsh_rounds_forward",
     "triton_available",
 ]

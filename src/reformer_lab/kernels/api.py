@@ -23,7 +23,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def triton_available() -> bool:
     """True when triton imports and the kernel module loads (says nothing about CUDA)."""
     try:
-        from . import triton_chunked  # noqa: F401
+        from . import triton_chunked, triton_rounds  # noqa: F401
     except Exception:  # ImportError, or a triton too old for the kernels' syntax
         return False
     return True

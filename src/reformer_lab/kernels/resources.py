@@ -1,9 +1,11 @@
-"""Compile the chunked-attention kernels for a GPU on any machine, and read their resources.
+"""Compile the attention kernels (chunked, and the fused LSH rounds) for a GPU on any machine,
+and read their resources.
 
 No GPU needed: triton compiles to a cubin for the named target, and the cuobjdump shipped in
-triton's wheel reads registers, spill stack and shared memory from it, and counts the Hopper
-matrix instructions (HGMMA) in its SASS. Spills (stack > 0) or a missing HGMMA mean a slow
-launch shape, found without spending device time.
+triton's wheel reads registers, spill stack and shared memory from it, and counts the matrix
+instructions in its SASS: Hopper's warpgroup HGMMA (needs 4 warps or more and 64-row tiles)
+and mma.sync HMMA. Spills (stack > 0) or no matrix instruction at all mean a slow launch
+shape, found without spending device time.
 
     python -m reformer_lab.kernels.resources --chunk 64 --head-dim 64 --dtype bf16 [--check]
 
@@ -25,6 +27,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_chunked as tc
+from .rounds import default_round_configs
 
 KERNELS = {
     "fwd": (tc._fwd_kernel, dict(STATS=True)),
@@ -52,7 +55,7 @@ def kernel_resources(
     has_buckets: bool = False,
     arch: int = 90,
 ) -> dict:
-    """{'regs', 'stack', 'shared', 'hgmma'} of kernel `name` ('fwd', 'dkdv', 'dq') for sm_<arch>."""
+    """{'regs', 'stack', 'shared', 'hgmma', 'hmma'} of kernel `name` ('fwd', 'dkdv', 'dq') for sm_<arch>."""
     fn, extra = KERNELS[name]
     consts = dict(
         C=chunk_size,
@@ -89,6 +92,80 @@ def kernel_resources(
         target=GPUTarget("cuda", arch, 32),
         options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
     )
+    return _cubin_resources(compiled)
+
+
+ROUND_KERNELS = {
+    "round_fwd": ("_round_fwd_kernel", "fwd", dict(STATS=True, FIRST=False, LAST=False)),
+    "round_dkdv": ("_round_dkdv_kernel", "dkdv", dict(FIRST=False, LAST=False)),
+    "round_dq": ("_round_dq_kernel", "dq", dict(FIRST=False, LAST=False)),
+}
+ROUND_BLOCKS = ("Q", "K", "V", "OUT", "DOUT", "DQ", "DK", "DV")  # input dtype, any strides
+
+
+def round_kernel_resources(
+    name: str,
+    chunk_size: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    config: tc.TileConfig,
+    *,
+    causal: bool = True,
+    has_valid: bool = True,
+    has_buckets: bool = False,
+    arch: int = 90,
+) -> dict:
+    """`kernel_resources` for the fused round kernels ('round_fwd', 'round_dkdv', 'round_dq'),
+    specialised as the model launches them: int64 order, innermost strides 1 and the others
+    multiples of 16, as for q, k, v in (B, L, H, d) memory."""
+    from . import triton_rounds as tr
+
+    fn_name, _, extra = ROUND_KERNELS[name]
+    fn = getattr(tr, fn_name)
+    consts = dict(
+        C=chunk_size,
+        D=head_dim,
+        TILE=config.tile,
+        STEP=config.step,
+        STEPS=tc._window_steps(chunk_size, config),
+        NEED_VIS=tc._needs_visibility(chunk_size, config),
+        CAUSAL=causal,
+        HAS_VALID=has_valid,
+        HAS_BUCKETS=has_buckets,
+        UPCAST=False,
+        FP32_ACCURATE=dtype == torch.float32,
+        **extra,
+    )
+    consts |= {n: 1 for n in fn.arg_names if n.endswith("_sd")}  # triton specialises 1s
+    pointer = {n: f"*{TYPE_NAMES[dtype]}" for n in ROUND_BLOCKS} | {
+        "ORDER": "*i64",
+        "BKT": "*i64",
+        "VALID": "*u8",
+    }
+    signature = {}
+    for n in fn.arg_names:
+        if n in consts:
+            signature[n] = "constexpr"
+        elif n == "scale":
+            signature[n] = "fp32"
+        elif (n.isupper() or n == "B_") and n not in ("H", "R", "L"):
+            signature[n] = pointer.get(n, "*fp32")
+        else:
+            signature[n] = "i32"
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, n in enumerate(fn.arg_names)
+        if n not in consts and n not in ("scale", "r", "H", "R")
+    }
+    compiled = triton.compile(
+        ASTSource(fn, signature, constexprs=consts, attrs=attrs),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
+    )
+    return _cubin_resources(compiled)
+
+
+def _cubin_resources(compiled) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         cubin = os.path.join(folder, "kernel.cubin")
         with open(cubin, "wb") as f:
@@ -100,6 +177,7 @@ def kernel_resources(
         stack=int(usage.group(2)),
         shared=compiled.metadata.shared,
         hgmma=sass.count("HGMMA"),
+        hmma=sass.count("HMMA"),  # mma.sync: what fewer than 4 warps (no warpgroup) get
     )
 
 
@@ -108,18 +186,24 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", choices=list(TYPE_NAMES.values()), default="bf16")
-    parser.add_argument("--check", action="store_true", help="exit 1 on spills or no HGMMA")
+    parser.add_argument("--check", action="store_true", help="exit 1 on spills or no MMA")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter cannot compile")
     dtype = {v: k for k, v in TYPE_NAMES.items()}[args.dtype]
     configs = tc.default_configs(args.chunk, args.head_dim, dtype)
+    round_configs = default_round_configs(args.chunk, args.head_dim, dtype)
     bad = 0
     for name in KERNELS:
         config = getattr(configs, name)
         r = kernel_resources(name, args.chunk, args.head_dim, dtype, config)
-        bad += r["stack"] > 0 or r["hgmma"] == 0
+        bad += r["stack"] > 0 or r["hgmma"] + r["hmma"] == 0
         print(f"{name:4s} C={args.chunk} d={args.head_dim} {args.dtype} {config}: {r}")
+    for name, (_, part, _) in ROUND_KERNELS.items():
+        config = getattr(round_configs, part)
+        r = round_kernel_resources(name, args.chunk, args.head_dim, dtype, config)
+        bad += r["stack"] > 0 or r["hgmma"] + r["hmma"] == 0
+        print(f"{name:10s} C={args.chunk} d={args.head_dim} {args.dtype} {config}: {r}")
     return 1 if args.check and bad else 0
 
 

@@ -71,14 +71,20 @@ def default_configs(
         else:
             cfg = TileConfig(tile=16, step=16, num_warps=8)
         return KernelConfigs(fwd=cfg, dkdv=cfg, dq=cfg)
+    if D <= 16 and C <= 16:  # tuned on an H100 (kernel_check.py, tiny: C = d = 16)
+        return KernelConfigs(
+            fwd=TileConfig(tile=32, step=16, num_warps=2),
+            dkdv=TileConfig(tile=32, step=32, num_warps=2),
+            dq=TileConfig(tile=32, step=16, num_warps=2),
+        )
     if D <= 32:
         cfg = TileConfig(tile=64, step=min(C, 32), num_warps=4)
         return KernelConfigs(fwd=cfg, dkdv=cfg, dq=cfg)
-    if D <= 64:
+    if D <= 64:  # tuned on an H100 for C = d = 64 (kernel_check.py, base)
         return KernelConfigs(
             fwd=TileConfig(tile=64, step=min(C, 64), num_warps=4),
-            dkdv=TileConfig(tile=64, step=min(C, 32), num_warps=4),
-            dq=TileConfig(tile=64, step=min(C, 64), num_warps=4),
+            dkdv=TileConfig(tile=64, step=min(C, 64), num_warps=4),
+            dq=TileConfig(tile=64, step=min(C, 32), num_warps=4),
         )
     return KernelConfigs(
         fwd=TileConfig(tile=64, step=min(C, 64), num_warps=8),

@@ -10,6 +10,12 @@ and recomputes one round at a time there, so memory does not grow with the numbe
 With g = <do, o> and g_r = <do, o_r>, the chain rule through the merge gives
 
     d o_r = w_r do,        d z_r = w_r (g_r - g).
+
+On CUDA with Triton (backend 'auto' or 'triton') and without the duplicate correction, both
+passes run as fused round kernels instead (`reformer_lab.kernels.lsh_rounds_forward` and
+`lsh_rounds_backward`): rows are gathered through the order inside the kernels and merged at
+their original positions, with no sorted copies, unsorting or elementwise merge in torch.
+The torch path below stays the CPU path and the reference they are tested against.
 """
 
 from __future__ import annotations
@@ -144,9 +150,56 @@ def merge_rounds(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> tuple[T
     return out, torch.stack(lses, dim=2)
 
 
+USE_FUSED_ROUNDS = True
+"""False computes every call round by round with sorted copies (benchmarks compare the two)."""
+FUSED_ON_CPU_UNDER_INTERPRETER = False
+"""Tests set this to run the fused kernels on CPU tensors under TRITON_INTERPRET=1."""
+
+
+def fused_kernels_usable(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> bool:
+    """True when the fused round kernels compute this call (see the module docstring)."""
+    if not USE_FUSED_ROUNDS or rounds.backend not in ("auto", "triton"):
+        return False
+    if rounds.dedup and rounds.n_rounds > 1:  # the duplicate correction is a score bias
+        return False
+    try:
+        from reformer_lab import kernels
+    except ImportError:
+        return False
+    if not q.is_cuda and not (FUSED_ON_CPU_UNDER_INTERPRETER and kernels.interpreting()):
+        return False
+    try:
+        kernels.check_rounds_inputs(
+            q, k, v, rounds.order, rounds.chunk_size, rounds.key_valid, rounds.buckets
+        )
+    except ValueError:  # a shape, dtype or option the kernels do not take
+        return False
+    return kernels.triton_available()
+
+
+def _fused_options(q: Tensor, rounds: HashRounds) -> dict:
+    return dict(
+        chunk_size=rounds.chunk_size,
+        scale=q.shape[-1] ** -0.5,
+        causal=rounds.causal,
+        key_valid=rounds.key_valid,
+        buckets=rounds.buckets,
+    )
+
+
 class _RoundsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rounds: HashRounds):
+        ctx.rounds = rounds
+        ctx.fused = fused_kernels_usable(q, k, v, rounds)
+        if ctx.fused:
+            from reformer_lab.kernels import lsh_rounds_forward
+
+            out, lses, stats = lsh_rounds_forward(
+                q, k, v, rounds.order, stats=True, **_fused_options(q, rounds)
+            )  # (B, H, L, d) in v's dtype, (B, H, R, L), 2 x (B, H, R, L)
+            ctx.save_for_backward(q, k, v, out, lses, rounds.order, *stats)
+            return out
         device_type = q.device.type
         ctx.autocast = (
             torch.is_autocast_enabled(device_type),
@@ -155,12 +208,20 @@ class _RoundsFunction(torch.autograd.Function):
         with torch.no_grad():
             out, lses = merge_rounds(q, k, v, rounds)
         out = out.to(v.dtype)
-        ctx.rounds = rounds
         ctx.save_for_backward(q, k, v, out, lses, rounds.order)
         return out
 
     @staticmethod
     def backward(ctx, dout):
+        if ctx.fused:
+            from reformer_lab.kernels import lsh_rounds_backward
+
+            q, k, v, out, lses, order, *stats = ctx.saved_tensors
+            grads = lsh_rounds_backward(
+                q, k, v, order, out=out, lse=lses, stats=tuple(stats), dout=dout,
+                **_fused_options(q, ctx.rounds),
+            )  # fmt: skip
+            return (*grads, None)
         q, k, v, out, lses, order = ctx.saved_tensors
         rounds = ctx.rounds
         rounds.order = order
@@ -189,6 +250,11 @@ def attend_all_rounds(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> Te
     """Multi-round LSH attention: (B, H, L, d) queries, keys, values -> (B, H, L, d)."""
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _RoundsFunction.apply(q, k, v, rounds)
+    if fused_kernels_usable(q, k, v, rounds):
+        from reformer_lab.kernels import lsh_rounds_forward
+
+        with torch.no_grad():
+            return lsh_rounds_forward(q, k, v, rounds.order, **_fused_options(q, rounds))[0]
     with torch.no_grad():
         out, _ = merge_rounds(q, k, v, rounds)
     return out.to(v.dtype)

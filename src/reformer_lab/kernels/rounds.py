@@ -1,0 +1,215 @@
+"""All hash rounds of LSH attention through the fused round kernels (`triton_rounds`).
+
+    out, lse, stats = lsh_rounds_forward(q, k, v, order, ...)           # R launches
+    dq, dk, dv = lsh_rounds_backward(q, k, v, order, ..., out, lse, stats, dout)  # 2R + 1
+
+The functions compute what `reformer_lab.model.attention.lsh_rounds` computes round by round
+with sorted copies (`merge_rounds`, and the autograd of `attend_round` for the backward), for
+the case without appendix A's duplicate correction. They are plain functions, not autograd:
+`lsh_rounds._RoundsFunction` wires them in. Importing this module needs neither triton nor
+CUDA; inputs the kernels cannot take raise ValueError before any work (`check_rounds_inputs`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .api import (
+    SUPPORTED_CHUNK_SIZES,
+    SUPPORTED_DTYPES,
+    SUPPORTED_HEAD_DIMS,
+    interpreting,
+)
+
+
+def check_rounds_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    order: Tensor,
+    chunk_size: int,
+    key_valid: Tensor | None = None,
+    buckets: Tensor | None = None,
+) -> None:
+    """Raises ValueError, saying what to change, for inputs the fused round kernels do not take.
+
+    q, k, v: (B, H, L, d), one dtype in SUPPORTED_DTYPES, any strides; order: (B, H, R, L)
+    integer permutations; key_valid: (B, L) bool; buckets: (B, H, R, L) integer, at the
+    original positions. CUDA tensors, or CPU ones under TRITON_INTERPRET=1.
+    """
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"q, k, v must all be (B, H, L, d); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"q, k, v must share one dtype among {SUPPORTED_DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    B, H, L, d = q.shape
+    if d not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"head dim {d} is not supported by the fused round kernels; use one of {SUPPORTED_HEAD_DIMS}"
+        )
+    if chunk_size not in SUPPORTED_CHUNK_SIZES:
+        raise ValueError(
+            f"chunk_size {chunk_size} is not supported by the fused round kernels; "
+            f"use one of {SUPPORTED_CHUNK_SIZES}"
+        )
+    if L == 0 or L % chunk_size:
+        raise ValueError(
+            f"sequence length {L} must be a positive multiple of chunk_size {chunk_size}"
+        )
+    if B * H > 65535:
+        raise ValueError(f"B * H = {B * H} exceed the CUDA grid's 65535 on axis 1; split the batch")
+    if order.dim() != 4 or order.shape[:2] != (B, H) or order.shape[3] != L or order.shape[2] < 1:
+        raise ValueError(
+            f"order must be (B, H, R, L) = ({B}, {H}, R, {L}); got {tuple(order.shape)}"
+        )
+    if order.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"order must be int32 or int64; got {order.dtype}")
+    if buckets is not None and (
+        buckets.shape != order.shape or buckets.dtype not in (torch.int32, torch.int64)
+    ):
+        raise ValueError(
+            f"buckets must be an int32/int64 tensor of shape {tuple(order.shape)}; "
+            f"got {buckets.dtype} {tuple(buckets.shape)}"
+        )
+    if key_valid is not None and (key_valid.shape != (B, L) or key_valid.dtype != torch.bool):
+        raise ValueError(
+            f"key_valid must be a bool tensor of shape {(B, L)}; got {key_valid.dtype} {tuple(key_valid.shape)}"
+        )
+    if max(_batch_extent(x) for x in (q, k, v)) >= 2**31:
+        raise ValueError("one batch element of q, k or v must span fewer than 2**31 elements")
+    devices = {t.device for t in (q, k, v, order, key_valid, buckets) if t is not None}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device; got {sorted(map(str, devices))}")
+    if not q.is_cuda and not interpreting():
+        raise ValueError(
+            "the fused round kernels need CUDA tensors (or TRITON_INTERPRET=1 on the CPU)"
+        )
+
+
+def _batch_extent(x: Tensor) -> int:
+    """Elements spanned by one batch element of a strided (B, H, L, d) tensor (int32 offsets)."""
+    return 1 + sum((n - 1) * abs(s) for n, s in zip(x.shape[1:], x.stride()[1:]))
+
+
+def _side_inputs(key_valid: Tensor | None, buckets: Tensor | None) -> tuple:
+    return (
+        None if key_valid is None else key_valid.contiguous().view(torch.uint8),  # (B, L)
+        None if buckets is None else buckets.contiguous(),  # (B, H, R, L)
+    )
+
+
+def default_round_configs(chunk_size: int, head_dim: int, dtype: torch.dtype):
+    """Launch shapes of the round kernels: those of the chunked kernel (same loops and tiles),
+    but dk/dv walks 32 query slots at a time for d = 64: the per-row addresses of gathered rows
+    cost registers, and 64 slots spill for sm_90 (checked with `resources`)."""
+    from .triton_chunked import KernelConfigs, TileConfig, default_configs
+
+    configs = default_configs(chunk_size, head_dim, dtype)
+    dkdv = configs.dkdv
+    if dtype != torch.float32 and head_dim == 64 and dkdv.tile * dkdv.step > 64 * 32:
+        dkdv = TileConfig(tile=dkdv.tile, step=32, num_warps=dkdv.num_warps)
+    return KernelConfigs(fwd=configs.fwd, dkdv=dkdv, dq=configs.dq)
+
+
+def lsh_rounds_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    order: Tensor,
+    chunk_size: int,
+    *,
+    scale: float,
+    causal: bool,
+    key_valid: Tensor | None = None,
+    buckets: Tensor | None = None,
+    stats: bool = False,
+    configs=None,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """Multi-round LSH attention, merged: out (B, H, L, d) in v's dtype and layout, every
+    round's log-normaliser lse (B, H, R, L) fp32 at the original positions and, if `stats`,
+    the backward's (row max, log row sum) per round, each (B, H, R, L) fp32 (lse = max + log sum).
+    """
+    check_rounds_inputs(q, k, v, order, chunk_size, key_valid, buckets)
+    from .triton_rounds import launch_round_forward
+
+    B, H, L, d = q.shape
+    R = order.shape[2]
+    configs = configs or default_round_configs(chunk_size, d, q.dtype)
+    order = order.contiguous()
+    key_valid, buckets = _side_inputs(key_valid, buckets)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    lse = torch.empty(B, H, R, L, **f32)
+    row_stats = (torch.empty_like(lse), torch.empty_like(lse)) if stats else None
+    out = torch.empty_like(v)  # v's layout: (B, L, H, d) memory stays so, a free head merge
+    out_acc = torch.empty(B, H, L, d, **f32) if R > 1 else out
+    lse_acc = torch.empty(B, H, L, **f32) if R > 1 else lse
+    for r in range(R):
+        launch_round_forward(
+            q, k, v, order, key_valid, buckets, r,
+            chunk_size=chunk_size, scale=float(scale), causal=bool(causal),
+            out_acc=out_acc, lse_acc=lse_acc, lse=lse, stats=row_stats,
+            out=out if r == R - 1 else None, config=configs.fwd, interpret=interpreting(),
+        )  # fmt: skip
+    return out, lse, row_stats
+
+
+def lsh_rounds_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    order: Tensor,
+    chunk_size: int,
+    *,
+    scale: float,
+    causal: bool,
+    out: Tensor,
+    lse: Tensor,
+    stats: tuple[Tensor, Tensor],
+    dout: Tensor,
+    key_valid: Tensor | None = None,
+    buckets: Tensor | None = None,
+    configs=None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of sum(out * dout) w.r.t. q, k, v, in their dtypes and layouts.
+
+    out (B, H, L, d), lse and stats: what `lsh_rounds_forward` returned (stats=True); dout
+    (B, H, L, d) any strides. Z = logsumexp_r lse and g = <dout, out> are formed once, as
+    `lsh_rounds._RoundsFunction.backward` forms them; then one dk/dv and one dq launch per round.
+    """
+    check_rounds_inputs(q, k, v, order, chunk_size, key_valid, buckets)
+    if out.shape != q.shape or dout.shape != q.shape:
+        raise ValueError(
+            f"out and dout must be {tuple(q.shape)}; got {tuple(out.shape)}, {tuple(dout.shape)}"
+        )
+    if max(_batch_extent(x) for x in (out, dout)) >= 2**31:
+        raise ValueError("one batch element of out or dout must span fewer than 2**31 elements")
+    if lse.shape != order.shape or any(s.shape != order.shape for s in stats):
+        raise ValueError(f"lse and stats must be {tuple(order.shape)} (from lsh_rounds_forward)")
+    from .triton_rounds import launch_round_backward, launch_row_dot
+
+    B, H, L, d = q.shape
+    R = order.shape[2]
+    configs = configs or default_round_configs(chunk_size, d, q.dtype)
+    order = order.contiguous()
+    key_valid, buckets = _side_inputs(key_valid, buckets)
+    lse, stats = lse.contiguous(), tuple(s.contiguous() for s in stats)
+    if dout.dtype != out.dtype:
+        dout = dout.to(out.dtype)
+    lse_total = torch.logsumexp(lse, dim=2)  # (B, H, L) Z, exactly as the torch path forms it
+    grad_dot = launch_row_dot(dout, out)  # (B, H, L) g = <dout, out>
+    grads = tuple(torch.empty_like(x) for x in (q, k, v))  # the inputs' layouts
+    acc = tuple(torch.empty(B, H, L, d, device=q.device, dtype=torch.float32) for _ in range(3))
+    accumulators = acc if R > 1 else grads
+    for r in range(R):
+        launch_round_backward(
+            q, k, v, order, key_valid, buckets, r,
+            chunk_size=chunk_size, scale=float(scale), causal=bool(causal), stats=stats,
+            lse=lse, lse_total=lse_total, grad_dot=grad_dot, dout=dout,
+            accumulators=accumulators, grads=grads if r == R - 1 else None,
+            configs=configs, interpret=interpreting(),
+        )  # fmt: skip
+    return grads  # type: ignore[return-value]

@@ -1,0 +1,260 @@
+"""The fused LSH round kernels compute what lsh_rounds.py's torch path computes.
+
+Oracle: `merge_rounds` (forward: merged output and every round's lse) and plain autograd
+through it (backward), on the torch backend in float32 on the very inputs the kernels get.
+float32, not float64: in rows whose every key is masked, lse ~ -1e9 rounds alike in both
+fp32 paths, while fp64 keeps log(2C) (both are the torch path's documented behaviour).
+Then `_RoundsFunction` end to end, fused path against torch path. Every case draws fresh inputs.
+
+Runs on CUDA when there is one, else under Triton's CPU interpreter, which must be on before
+triton is first imported; see test_kernel_triton.py for the fresh-process fallback used here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU and "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+
+import triton.language.standard  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from reformer_lab.kernels import interpreting, lsh_rounds_backward, lsh_rounds_forward  # noqa: E402
+from reformer_lab.kernels import triton_chunked as tc  # noqa: E402
+from reformer_lab.kernels import triton_rounds as tr  # noqa: E402
+from reformer_lab.model.attention import lsh_rounds  # noqa: E402
+from reformer_lab.model.attention.lsh_rounds import HashRounds, merge_rounds  # noqa: E402
+
+READY = ON_GPU or isinstance(triton.language.standard.sum, InterpretedFunction)
+if READY and not ON_GPU and not isinstance(tr._round_fwd_kernel, InterpretedFunction):
+    tc = importlib.reload(tc)  # imported while the interpreter was off
+    tr = importlib.reload(tr)
+in_process = pytest.mark.skipif(
+    not READY, reason="triton was imported before the interpreter was on: see test_in_fresh_process"
+)
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
+
+
+def _heads(B, H, L, d, dtype, layout, width=1):
+    """(B, H, L, d) in `layout`: 'bhld' contiguous, or 'blhd' (B, L, H, d) memory as the
+    projections give it; width > 1 takes the first d of width * d columns (odd strides)."""
+    if layout == "bhld":
+        return torch.randn(B, H, L, d).to(dtype)
+    return torch.randn(B, L, H, width * d).to(dtype)[..., :d].transpose(1, 2)
+
+
+def _rounds(B, H, L, C, R, *, causal, valid_frac, use_buckets, n_buckets=4):
+    """Random hash rounds as lsh.py builds them: order sorts positions by (bucket, position)."""
+    buckets = torch.randint(0, n_buckets, (B, H, R, L))
+    order = torch.sort(buckets.to(torch.int32), dim=-1, stable=True).indices  # (B, H, R, L)
+    key_valid = None if valid_frac is None else torch.rand(B, L) < valid_frac
+    return HashRounds(
+        order=order,
+        key_valid=key_valid,
+        buckets=buckets if use_buckets else None,
+        chunk_size=C,
+        causal=causal,
+        dedup=False,
+        backend="torch",
+    )
+
+
+def _relative_error(got, ref) -> float:
+    got, ref = got.double().cpu(), ref.double().cpu()
+    assert torch.isfinite(got).all(), "kernel output has NaN/inf"
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _kernel_arguments(rounds: HashRounds, scale: float) -> tuple:
+    """order and the keyword arguments of lsh_rounds_forward / _backward, on DEVICE."""
+    move = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    options = dict(
+        chunk_size=rounds.chunk_size,
+        scale=scale,
+        causal=rounds.causal,
+        key_valid=move(rounds.key_valid),
+        buckets=move(rounds.buckets),
+    )
+    return move(rounds.order), options
+
+
+# (B, H, L, C, d, R, causal, valid_frac, buckets, layout, dtype, (tile, step) or None)
+CASES = [
+    (1, 2, 64, 16, 16, 3, True, 0.7, True, "blhd", torch.float32, None),
+    (2, 1, 64, 16, 32, 2, False, None, False, "bhld", torch.float32, None),
+    (1, 2, 96, 32, 16, 1, True, 0.8, False, "bhld", torch.float32, None),  # one round
+    (1, 1, 128, 32, 16, 2, True, 0.8, True, "blhd", torch.bfloat16, None),
+    (2, 1, 48, 16, 16, 2, False, 0.7, True, "blhd", torch.float32, (64, 32)),  # tiles overhang
+]
+
+
+@in_process
+@pytest.mark.parametrize(
+    "B, H, L, C, d, R, causal, valid_frac, buckets, layout, dtype, tiles", CASES
+)
+def test_forward_and_backward_match_torch_rounds(
+    B, H, L, C, d, R, causal, valid_frac, buckets, layout, dtype, tiles
+):
+    rounds = _rounds(B, H, L, C, R, causal=causal, valid_frac=valid_frac, use_buckets=buckets)
+    q, k, v = (_heads(B, H, L, d, dtype, layout, width=w) for w in (1, 1, 2))
+    dout = _heads(B, H, L, d, dtype, "bhld" if layout == "blhd" else "blhd")
+
+    # Oracle: the torch path in fp32, autograd straight through merge_rounds.
+    leaves = [t.float().requires_grad_() for t in (q, k, v)]
+    ref_out, ref_lse = merge_rounds(*leaves, rounds)
+    ref_out.backward(dout.float())
+
+    order, options = _kernel_arguments(rounds, d**-0.5)
+    if layout == "bhld":
+        order = order.to(torch.int32)  # lsh.py's plan keeps int32 orders; both are taken
+    configs = None
+    if tiles:
+        cfg = tc.TileConfig(tile=tiles[0], step=tiles[1])
+        configs = tc.KernelConfigs(fwd=cfg, dkdv=cfg, dq=cfg)
+    inputs = [t.to(DEVICE) for t in (q, k, v)]
+    out, lse, stats = lsh_rounds_forward(*inputs, order, stats=True, configs=configs, **options)
+    grads = lsh_rounds_backward(
+        *inputs, order, out=out, lse=lse, stats=stats, dout=dout.to(DEVICE), configs=configs,
+        **options,
+    )  # fmt: skip
+
+    assert out.dtype == dtype and out.stride() == torch.empty_like(v).stride()
+    assert lse.shape == (B, H, R, L) and lse.dtype == torch.float32
+    torch.testing.assert_close(stats[0] + stats[1], lse, rtol=0, atol=0)  # lse = max + log sum
+    errors = {
+        "out": _relative_error(out, ref_out),
+        "lse": _relative_error(lse, ref_lse),
+        **{
+            name: _relative_error(g, ref.grad)
+            for name, g, ref in zip(("dq", "dk", "dv"), grads, leaves)
+        },
+    }
+    bad = {name: e for name, e in errors.items() if not e < TOLERANCE[dtype]}
+    assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad} (all: {errors})"
+    for g, x in zip(grads, inputs):  # gradients come back in the inputs' dtype and layout
+        assert g.dtype == x.dtype and g.stride() == torch.empty_like(x).stride()
+
+
+@in_process
+def test_every_position_written_by_each_round():
+    """NaN-poisoned accumulators, outputs and statistics: round 0 must write every position
+    (later rounds read them back), the last round every output element."""
+    B, H, L, C, d, R = 1, 2, 48, 16, 16, 2
+    rounds = _rounds(B, H, L, C, R, causal=True, valid_frac=0.8, use_buckets=True)
+    q, k, v = (_heads(B, H, L, d, torch.float32, "blhd").to(DEVICE) for _ in range(3))
+    order, valid = rounds.order.to(DEVICE), rounds.key_valid.to(DEVICE).view(torch.uint8)
+    buckets = rounds.buckets.to(DEVICE)
+    nan = lambda *shape: torch.full(shape, float("nan"), device=DEVICE)  # noqa: E731
+    configs = tc.KernelConfigs(*[tc.TileConfig(tile=32, step=16)] * 3)  # 48 % 32: overhang
+    opts = dict(chunk_size=C, scale=0.25, causal=True, interpret=interpreting())
+    lse, stats, out = nan(B, H, R, L), (nan(B, H, R, L), nan(B, H, R, L)), nan(B, H, L, d)
+    acc = (nan(B, H, L, d), nan(B, H, L))
+    for r in range(R):
+        tr.launch_round_forward(
+            q, k, v, order, valid, buckets, r, out_acc=acc[0], lse_acc=acc[1], lse=lse,
+            stats=stats, out=out if r == R - 1 else None, config=configs.fwd, **opts,
+        )  # fmt: skip
+        assert torch.isfinite(lse[:, :, r]).all() and torch.isfinite(acc[0]).all()
+    assert all(torch.isfinite(t).all() for t in (out, *stats))
+    grads = (nan(B, H, L, d), nan(B, H, L, d), nan(B, H, L, d))
+    accumulators = (nan(B, H, L, d), nan(B, H, L, d), nan(B, H, L, d))
+    total = torch.logsumexp(lse, dim=2)
+    dout = torch.randn_like(out)
+    for r in range(R):
+        tr.launch_round_backward(
+            q, k, v, order, valid, buckets, r, stats=stats, lse=lse, lse_total=total,
+            grad_dot=tr.launch_row_dot(dout, out), dout=dout, accumulators=accumulators,
+            grads=grads if r == R - 1 else None, configs=configs, **opts,
+        )  # fmt: skip
+        assert all(torch.isfinite(t).all() for t in accumulators)
+    assert all(torch.isfinite(t).all() for t in grads)
+
+
+def _through_rounds_function(q, k, v, rounds, dout):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = lsh_rounds.attend_all_rounds(*leaves, rounds)
+    out.backward(dout)
+    with torch.no_grad():
+        plain = lsh_rounds.attend_all_rounds(q, k, v, rounds)
+    return [out.detach(), plain, *(t.grad for t in leaves)]
+
+
+@in_process
+@pytest.mark.parametrize("use_buckets", [False, True])
+def test_rounds_function_fused_equals_torch_path(monkeypatch, use_buckets):
+    """`_RoundsFunction` (and the no-grad path) with the fused kernels: same output and
+    gradients as the torch path, which runs when the fused path is switched off."""
+    B, H, L, C, d, R = 1, 2, 64, 16, 16, 2
+    rounds = _rounds(B, H, L, C, R, causal=True, valid_frac=0.8, use_buckets=use_buckets)
+    rounds.backend = "auto"
+    q, k, v = (_heads(B, H, L, d, torch.float32, "blhd").to(DEVICE) for _ in range(3))
+    dout = torch.randn(B, H, L, d, device=DEVICE)
+    for name in ("order", "key_valid", "buckets"):
+        value = getattr(rounds, name)
+        setattr(rounds, name, None if value is None else value.to(DEVICE))
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(lsh_rounds, "FUSED_ON_CPU_UNDER_INTERPRETER", fused)
+        rounds.backend = "auto" if fused else "torch"
+        assert lsh_rounds.fused_kernels_usable(q, k, v, rounds) == fused
+        results[fused] = _through_rounds_function(q, k, v, rounds, dout)
+    for name, a, b in zip(("out", "no-grad out", "dq", "dk", "dv"), results[True], results[False]):
+        assert _relative_error(a, b) < 2e-5, name
+
+
+@in_process
+def test_fused_path_only_where_it_applies(monkeypatch):
+    monkeypatch.setattr(lsh_rounds, "FUSED_ON_CPU_UNDER_INTERPRETER", not ON_GPU)
+    rounds = _rounds(1, 2, 32, 16, 2, causal=True, valid_frac=None, use_buckets=False)
+    rounds.order = rounds.order.to(DEVICE)
+    q = torch.randn(1, 2, 32, 16, device=DEVICE)
+    for backend in ("auto", "triton"):
+        rounds.backend = backend
+        assert lsh_rounds.fused_kernels_usable(q, q, q, rounds)
+    rounds.backend = "torch"
+    assert not lsh_rounds.fused_kernels_usable(q, q, q, rounds)
+    rounds.backend = "auto"
+    rounds.dedup = True  # appendix A's duplicate correction needs a score bias
+    assert not lsh_rounds.fused_kernels_usable(q, q, q, rounds)
+    rounds.dedup = False
+    assert not lsh_rounds.fused_kernels_usable(q.double(), q.double(), q.double(), rounds)
+    q48 = torch.randn(1, 2, 32, 48, device=DEVICE)
+    assert not lsh_rounds.fused_kernels_usable(q48, q48, q48, rounds)  # head dim 48
+    if not ON_GPU:
+        monkeypatch.setattr(lsh_rounds, "FUSED_ON_CPU_UNDER_INTERPRETER", False)
+        assert not lsh_rounds.fused_kernels_usable(q, q, q, rounds)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(READY, reason="the tests above ran in this process")
+def test_in_fresh_process():
+    """This file's tests, in a new interpreter process (see test_kernel_triton.py)."""
+    if os.environ.get("KERNEL_TEST_CHILD") == "1":
+        pytest.fail("the interpreter is not usable even in a fresh process with TRITON_INTERPRET=1")
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "KERNEL_TEST_CHILD": "1",
+        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command += ["-k", "not fresh_process", __file__]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    last = run.stdout.splitlines()[-1]
+    assert " passed" in last and "skipped" not in last, run.stdout[-2000:]
