@@ -1,0 +1,19 @@
+"""Lightning callbacks: memory budget and peaks, the pre-training fit check, the NaN guard,
+and the sampler-epoch fix that makes resuming exact."""
+
+from reformer_lab.lit.callbacks.fit_check import FitCheck, FitReport, MemoryBudgetExceeded
+from reformer_lab.lit.callbacks.memory import MemoryBudget, PeakMemoryLogger, oom_advice
+from reformer_lab.lit.callbacks.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
+from reformer_lab.lit.callbacks.resume import SamplerEpochFromTrainer
+
+__all__ = [
+    "FitCheck",
+    "FitReport",
+    "MemoryBudget",
+    "MemoryBudgetExceeded",
+    "NonFiniteLossError",
+    "PeakMemoryLogger",
+    "SamplerEpochFromTrainer",
+    "StopOnNonFiniteLoss",
+    "oom_advice",
+]
