@@ -162,7 +162,7 @@ def test_every_position_written_by_each_round():
     configs = tc.KernelConfigs(*[tc.TileConfig(tile=32, step=16)] * 3)  # 48 % 32: overhang
     opts = dict(chunk_size=C, scale=0.25, causal=True, interpret=interpreting())
     lse, stats, out = nan(B, H, R, L), (nan(B, H, R, L), nan(B, H, R, L)), nan(B, H, L, d)
-    acc = (nan(B, H, L, d), nan(B, H, L))
+    acc = (nan(B, H, L, d), nan(2, B, H, L))  # running max and mass
     for r in range(R):
         tr.launch_round_forward(
             q, k, v, order, valid, buckets, r, out_acc=acc[0], lse_acc=acc[1], lse=lse,
@@ -172,7 +172,7 @@ def test_every_position_written_by_each_round():
     assert all(torch.isfinite(t).all() for t in (out, *stats))
     grads = (nan(B, H, L, d), nan(B, H, L, d), nan(B, H, L, d))
     accumulators = (nan(B, H, L, d), nan(B, H, L, d), nan(B, H, L, d))
-    total = torch.logsumexp(lse, dim=2)
+    total = torch.log_softmax(lse, dim=2)  # the log round weights
     dout = torch.randn_like(out)
     for r in range(R):
         tr.launch_round_backward(

@@ -36,7 +36,7 @@ move with each row read once per round (k, v and q, dout re-reads by neighbourin
 hit the L2 or are not counted):
   fwd = R (3de + 8 + 12)        q, k, v, order; lse, row max, log sum written
       + (R - 1)(8d + 8) + de    fp32 accumulator (out, lse) written/read between rounds; out
-  bwd = 2de + 8 + 4R            g = <dout, out>, Z = logsumexp_r lse
+  bwd = 2de + 8 + 4R            g = <dout, out>, log w = log_softmax_r lse
       + R (4de + 8 + 20)        q, k, v, dout, order; row max, log sum, lse, Z, g
       + (R - 1) 24d + 3de       fp32 dq, dk, dv accumulators between rounds; dq, dk, dv
   base (512K rows, d = 64, e = 2, R = 4): fwd 1.73 GB -> 0.58 ms at 3 TB/s; bwd 3.9 GB ->
@@ -574,10 +574,10 @@ def tune_rounds(name: str) -> tc.KernelConfigs:
     out, lse, stats = kernels.lsh_rounds_forward(
         q, k, v, order, stats=True, **fused_options(rounds, d)
     )
-    acc = (torch.zeros(B, H, L, d, **f32), torch.zeros(B, H, L, **f32))
+    acc = (torch.zeros(B, H, L, d, **f32), torch.zeros(2, B, H, L, **f32))  # max, mass
     dout = torch.randn_like(out)
     back = dict(
-        stats=stats, lse=lse, lse_total=torch.logsumexp(lse, dim=2),
+        stats=stats, lse=lse, lse_total=torch.log_softmax(lse, dim=2),
         grad_dot=tr.launch_row_dot(dout, out), dout=dout,
         accumulators=tuple(torch.zeros(B, H, L, d, **f32) for _ in range(3)), grads=None,
     )  # fmt: skip

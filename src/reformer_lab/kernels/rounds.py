@@ -146,7 +146,7 @@ def lsh_rounds_forward(
     row_stats = (torch.empty_like(lse), torch.empty_like(lse)) if stats else None
     out = torch.empty_like(v)  # v's layout: (B, L, H, d) memory stays so, a free head merge
     out_acc = torch.empty(B, H, L, d, **f32) if R > 1 else out
-    lse_acc = torch.empty(B, H, L, **f32) if R > 1 else lse
+    lse_acc = torch.empty(2, B, H, L, **f32) if R > 1 else lse  # running max, then mass
     for r in range(R):
         launch_round_forward(
             q, k, v, order, key_valid, buckets, r,
@@ -199,7 +199,7 @@ def lsh_rounds_backward(
     lse, stats = lse.contiguous(), tuple(s.contiguous() for s in stats)
     if dout.dtype != out.dtype:
         dout = dout.to(out.dtype)
-    lse_total = torch.logsumexp(lse, dim=2)  # (B, H, L) Z, exactly as the torch path forms it
+    lse_total = torch.log_softmax(lse, dim=2)  # (B, H, R, L) log round weights, as the torch path
     grad_dot = launch_row_dot(dout, out)  # (B, H, L) g = <dout, out>
     grads = tuple(torch.empty_like(x) for x in (q, k, v))  # the inputs' layouts
     acc = tuple(torch.empty(B, H, L, d, device=q.device, dtype=torch.float32) for _ in range(3))

@@ -12,8 +12,9 @@ through `order`, and writes everything at the ORIGINAL positions, where each pos
 exactly one writer per launch (its slot's program), so read-modify-write needs no atomics.
 
 Forward, per round: o_r, z_r by online softmax (as `triton_chunked._fwd_kernel`), then
-    first round:  acc = o_r, lse_acc = z_r
-    later rounds: t = logaddexp(lse_acc, z_r); acc = acc exp(lse_acc - t) + o_r exp(z_r - t)
+    first round:  acc = o_r, top = z_r, mass = 1
+    later rounds: t = max(top, z_r); a = mass exp(top - t); b = exp(z_r - t);
+                  acc = (acc a + o_r b) / (a + b); top = t; mass = a + b
 exactly `merge_rounds`'s recurrence, into fp32 accumulators (B, H, L, d) and (B, H, L); the
 last round writes the merged output in the input dtype, with any strides, instead. It also
 keeps z_r and its two parts (row max m_r, log row sum log l_r; z_r = m_r + log l_r) per round.
@@ -126,9 +127,9 @@ def _round_queries(
     )  # (M, D)
     m_row = tl.load(ROWMAX + round_base + q_pos, mask=q_in, other=0.0)  # (M,)
     log_l = tl.load(LOGSUM + round_base + q_pos, mask=q_in, other=0.0)
-    log_w = tl.load(LSE_R + round_base + q_pos, mask=q_in, other=0.0) - tl.load(
-        LSE_TOT + row_base + q_pos, mask=q_in, other=0.0
-    )  # (M,) log of the round's weight z_r - Z
+    # (M,) log of the round's weight, log_softmax over rounds of z (formed in torch, exact
+    # where z_r - Z in fp32 would not be: Z ~ -1e5 + log R is rounded to ~0.004)
+    log_w = tl.load(LSE_TOT + round_base + q_pos, mask=q_in, other=0.0)
     g = tl.load(GRAD_DOT + row_base + q_pos, mask=q_in, other=0.0)  # (M,)
     q_bkt = q_pos
     if HAS_BUCKETS:
@@ -278,16 +279,26 @@ def _round_fwd_kernel(
         tl.store(ROWMAX + round_base + q_pos, m_i, mask=q_in)
         tl.store(LOGSUM + round_base + q_pos, log_l, mask=q_in)
 
-    # Merge into the running (acc, lse_acc) at the original positions (appendix A).
-    total = z_r
+    # Merge into the running (acc, top, mass) at the original positions (appendix A). The
+    # running max is kept apart from the running mass: logaddexp of two values near -1e5 (a
+    # query that sees only itself) resolves only ~0.008 in fp32 and would skew the weights.
+    # LSE_ACC holds the max, then (one B*H*L block later) the mass.
+    mass_acc = LSE_ACC + tl.num_programs(1) * L
+    top = z_r
+    mass = z_r * 0.0 + 1.0
     if not FIRST:
         prev = tl.load(LSE_ACC + row_base + q_pos, mask=q_in, other=0.0)  # (M,)
-        total = tl.maximum(prev, z_r) + tl.log(1.0 + tl.exp(-tl.abs(prev - z_r)))  # logaddexp
+        prev_mass = tl.load(mass_acc + row_base + q_pos, mask=q_in, other=1.0)  # (M,)
+        top = tl.maximum(prev, z_r)
+        m_old = prev_mass * tl.exp(prev - top)
+        m_new = tl.exp(z_r - top)
+        mass = m_old + m_new
         acc_rows = OUT_ACC + row_base * D + q_pos[:, None] * D + offs_d[None, :]
         old = tl.load(acc_rows, mask=q_in[:, None], other=0.0)  # (M, D) fp32
-        o_r = old * tl.exp(prev - total)[:, None] + o_r * tl.exp(z_r - total)[:, None]
+        o_r = (old * m_old[:, None] + o_r * m_new[:, None]) / mass[:, None]
     if not LAST:
-        tl.store(LSE_ACC + row_base + q_pos, total, mask=q_in)
+        tl.store(LSE_ACC + row_base + q_pos, top, mask=q_in)
+        tl.store(mass_acc + row_base + q_pos, mass, mask=q_in)
     _store_rows(
         OUT_ACC, OUT + b * o_sb + h * o_sh, row_base * D, q_pos, offs_d, q_in, o_r,
         o_sl, o_sd, D, True, LAST,
@@ -590,7 +601,7 @@ def launch_round_forward(
 ) -> None:
     """Round r, checked inputs (rounds.py): q, k, v (B, H, L, d) any strides; order, buckets,
     lse and stats (B, H, R, L) contiguous; key_valid (B, L) uint8; out_acc (B, H, L, d) and
-    lse_acc (B, H, L) fp32 contiguous. Round 0 writes the accumulators; `out` given makes
+    lse_acc (2, B, H, L) fp32 contiguous (running max, running mass). Round 0 writes the accumulators; `out` given makes
     this the last round: it receives the merged output instead of the accumulators."""
     B, H, L, D = q.shape
     R = order.shape[2]
@@ -656,7 +667,8 @@ def launch_round_backward(
 ) -> None:
     """Round r's dq, dk, dv added into `accumulators` (fp32 (B, H, L, d) contiguous; round 0
     writes them); `grads` given (any strides, any float dtype) makes this the last round:
-    they receive accumulators + this round's part. lse_total, grad_dot (B, H, L) fp32
+    they receive accumulators + this round's part. lse_total: the log round weights
+    log_softmax_r(z) (B, H, R, L) fp32; grad_dot (B, H, L) fp32
     contiguous; dout (B, H, L, d) any strides. `parts` lets a benchmark time one kernel."""
     B, H, L, D = q.shape
     R = order.shape[2]

@@ -265,3 +265,20 @@ class ReformerLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """(B, N) prompt -> (B, N + max_new_tokens) int64; cached decoding, see generation.py."""
+        from .generation import generate
+
+        return generate(
+            self, prompt, max_new_tokens, temperature, top_k, top_p, use_cache, generator
+        )

@@ -133,19 +133,22 @@ def attend_round(
 
 def merge_rounds(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> tuple[Tensor, Tensor]:
     """o (B, H, L, d) in fp32 and every z_r (B, H, R, L), one round in memory at a time."""
-    out, total, lses = None, None, []
+    # Running weighted mean of the o_r with weights exp(z_r - top) summing to `mass`: the
+    # max is kept apart from the mass, because logaddexp of two values near -1e5 (a query that
+    # only sees itself) resolves only ~0.008 in fp32 and would skew the round weights.
+    out, top, mass, lses = None, None, None, []
     for r in range(rounds.n_rounds):
         o_r, z_r = attend_round(q, k, v, rounds, r)
         lses.append(z_r)
         if out is None:
-            out, total = o_r.to(wide(o_r.dtype)), z_r
+            out, top, mass = o_r.to(wide(o_r.dtype)), z_r, torch.ones_like(z_r)
             continue
-        new_total = torch.logaddexp(total, z_r)  # running log of sum_r exp(z_r)
-        out = (
-            out * torch.exp(total - new_total)[..., None]
-            + o_r * torch.exp(z_r - new_total)[..., None]
-        )
-        total = new_total
+        new_top = torch.maximum(top, z_r)
+        m_old = mass * torch.exp(top - new_top)  # (B, H, L)
+        m_new = torch.exp(z_r - new_top)
+        mass = m_old + m_new
+        out = (out * m_old[..., None] + o_r * m_new[..., None]) / mass[..., None]
+        top = new_top
     assert out is not None
     return out, torch.stack(lses, dim=2)
 
@@ -226,7 +229,7 @@ class _RoundsFunction(torch.autograd.Function):
         rounds = ctx.rounds
         rounds.order = order
         enabled, dtype = ctx.autocast
-        total = torch.logsumexp(lses, dim=2)  # (B, H, L)
+        weights = torch.softmax(lses, dim=2)  # (B, H, R, L): exact even for lse ~ -1e5
         acc_dtype = wide(dout.dtype)
         g = (dout.to(acc_dtype) * out.to(acc_dtype)).sum(-1)  # (B, H, L)
         grads = [torch.zeros_like(x, dtype=wide(x.dtype)) for x in (q, k, v)]
@@ -234,7 +237,7 @@ class _RoundsFunction(torch.autograd.Function):
         for r in range(rounds.n_rounds):
             with torch.enable_grad(), torch.autocast(q.device.type, dtype=dtype, enabled=enabled):
                 o_r, z_r = attend_round(*leaves, rounds, r)
-            w = torch.exp(lses[:, :, r] - total)  # (B, H, L)
+            w = weights[:, :, r]  # (B, H, L)
             g_r = (dout.to(acc_dtype) * o_r.detach().to(acc_dtype)).sum(-1)  # (B, H, L)
             d_o = (dout.to(acc_dtype) * w[..., None]).to(o_r.dtype)
             d_z = (w * (g_r - g)).to(z_r.dtype)
