@@ -168,3 +168,32 @@ def test_nan_guard_raises_before_backward_only_for_non_finite_losses() -> None:
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(NonFiniteLossError, match="no checkpoint had been written yet"):
             guard.on_before_backward(trainer, None, torch.tensor(bad))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_memory_budget_stops_a_run_that_would_not_fit_on_a_big_gpu() -> None:  # pragma: no cover
+    """A 0.1 GB budget on an 80 GB card: the fit check's step at batch 32 x 4096 exceeds it and
+    the run stops before training with the keys to change; without the cap it fits."""
+    from reformer_lab.data import DuplicationDataModule
+
+    cfg = ReformerConfig(vocab_size=8, dim=128, depth=2, heads=4, max_seq_len=4096,
+                         bucket_size=64, n_hashes=2, axial_shape=(64, 64))  # fmt: skip
+
+    def run(budget_gb: float | None) -> FitCheck:
+        module = ReformerLitModule(cfg, optimizer=lambda p: torch.optim.Adam(p, 1e-3))
+        data = DuplicationDataModule(vocab_size=8, w_len=2047, batch_size=32, n_train=64,
+                                     n_val=4, n_test=4)  # fmt: skip
+        check = FitCheck(search=False)
+        trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=1, logger=False,
+                             callbacks=[MemoryBudget(budget_gb), check],
+                             enable_checkpointing=False, limit_val_batches=0)  # fmt: skip
+        trainer.fit(module, data)
+        return check
+
+    try:
+        with pytest.raises(MemoryBudgetExceeded, match="data.batch_size"):
+            run(0.1)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert run(None).report.peak_gb > 0.1  # the same step does need more than the budget
