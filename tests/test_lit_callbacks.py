@@ -191,7 +191,7 @@ def test_memory_budget_stops_a_run_that_would_not_fit_on_a_big_gpu() -> None:  #
         return check
 
     try:
-        with pytest.raises(MemoryBudgetExceeded, match="data.batch_size"):
+        with pytest.raises(MemoryBudgetExceeded, match=r"data\.batch_size"):
             run(0.1)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
