@@ -54,6 +54,14 @@ def test_a_2x2_multirun_records_failed_trials_and_goes_on(tmp_path: Path) -> Non
     summary = json.loads((sweep / "summary.json").read_text())
     assert (summary["n_ok"], summary["n_failed"]) == (2, 2)
 
+    # The sweep as a table and a plot, by the command users run on their own sweeps.
+    reported = run_cli(["reformer_lab.cli.report", str(sweep)], cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    table = (sweep / "report.md").read_text()
+    assert "4 runs, 2 ok, 2 failed" in table
+    assert table.count("bucket_size=24 must be a power of two") == 2
+    assert (sweep / "report-val_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # the headline metric
+
     group = "_".join(sweep.parts[-3:]).encode()  # train_<date>_<time>
     for name in ("0", "1"):
         runs = list((sweep / name / "wandb").glob("offline-run-*/run-*.wandb"))
