@@ -55,7 +55,11 @@ class AttentionBranch(nn.Module):
 
     def group(self, x: Tensor, heads: slice, key_valid: Tensor | None, n_hashes, plan) -> Tensor:
         """One head group's share of the pre-dropout output; the first group adds the bias."""
-        part = self.attention(self.norm(x), key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        h = self.norm(x)  # (B, L, dim); fp32 under autocast
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # one low-precision copy for all projections
+            h = h.to(torch.get_autocast_dtype(device))
+        part = self.attention(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
         return self.attention.to_out.bias + part if heads.start == 0 else part
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
