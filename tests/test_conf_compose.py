@@ -172,3 +172,19 @@ def test_per_data_model_settings_follow_the_data_choice(tmp_path: Path) -> None:
     assert compose_train(["~local", "model=base"]).model.axial_shape == [1024]
     assert compose_train(["~local", "data=enwik8"]).model.axial_shape is None
     assert compose_train(["~local", "model.axial_shape=[8,8]"]).model.axial_shape == [8, 8]
+
+
+def test_objects_get_plain_containers_so_checkpoints_load_weights_only(tmp_path) -> None:
+    """A ListConfig saved in hyperparameters makes torch.load(weights_only=True) refuse the
+    checkpoint: instantiated objects must receive plain lists and dicts."""
+    from omegaconf import OmegaConf
+
+    from reformer_lab.cli.validate import build_or_explain
+
+    (tmp_path / "book.txt").write_bytes(bytes(range(256)) * 40)
+    node = OmegaConf.create({
+        "_target_": "reformer_lab.data.TextFileDataModule",
+        "path": str(tmp_path / "book.txt"), "split": [0.8, 0.1, 0.1], "seq_len": 64,
+    })  # fmt: skip
+    data = build_or_explain(node, "data")
+    assert type(data.hparams["split"]) in (list, tuple)

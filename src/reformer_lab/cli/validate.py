@@ -76,7 +76,9 @@ def validate_run(cfg: DictConfig) -> RunPlan:
 def build_or_explain(node: DictConfig, key: str) -> Any:
     """`instantiate(node)`, turning the constructor's own error into InvalidRunConfig."""
     try:
-        return instantiate(node)
+        return instantiate(
+            node, _convert_="all"
+        )  # plain lists and dicts: checkpoints load weights-only
     except InstantiationException as error:
         cause = error.__cause__ or error
         raise InvalidRunConfig(f"{key}: {cause}") from cause
