@@ -15,9 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +34,7 @@ from reformer_lab.kernels import triton_chunked as tc  # noqa: E402
 from reformer_lab.kernels import triton_rounds as tr  # noqa: E402
 from reformer_lab.model.attention import lsh_rounds  # noqa: E402
 from reformer_lab.model.attention.lsh_rounds import HashRounds, merge_rounds  # noqa: E402
+from tests.interpreter_rerun import rerun_in_fresh_process  # noqa: E402
 
 READY = ON_GPU or isinstance(triton.language.standard.sum, InterpretedFunction)
 if READY and not ON_GPU and not isinstance(tr._round_fwd_kernel, InterpretedFunction):
@@ -243,18 +242,4 @@ def test_fused_path_only_where_it_applies(monkeypatch):
 @pytest.mark.skipif(READY, reason="the tests above ran in this process")
 def test_in_fresh_process():
     """This file's tests, in a new interpreter process (see test_kernel_triton.py)."""
-    if os.environ.get("KERNEL_TEST_CHILD") == "1":
-        pytest.fail("the interpreter is not usable even in a fresh process with TRITON_INTERPRET=1")
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "KERNEL_TEST_CHILD": "1",
-        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    command += ["-k", "not fresh_process", __file__]
-    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    last = run.stdout.splitlines()[-1]
-    assert " passed" in last and "skipped" not in last, run.stdout[-2000:]
+    rerun_in_fresh_process(__file__)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +37,7 @@ from reformer_lab.model.attention.chunked import (  # noqa: E402
     SELF_SCORE,
     chunked_attention_torch,
 )
+from tests.interpreter_rerun import rerun_in_fresh_process  # noqa: E402
 
 READY = ON_GPU or isinstance(triton.language.standard.sum, InterpretedFunction)
 if READY and not ON_GPU and not isinstance(tc._fwd_kernel, InterpretedFunction):
@@ -293,28 +292,4 @@ def test_backward_is_deterministic():
 @pytest.mark.skipif(READY, reason="the tests above ran in this process")
 def test_in_fresh_process():
     """This file's tests, in a new interpreter process (see the module docstring)."""
-    if os.environ.get("KERNEL_TEST_CHILD") == "1":
-        pytest.fail("the interpreter is not usable even in a fresh process with TRITON_INTERPRET=1")
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "KERNEL_TEST_CHILD": "1",
-        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-k",
-        "not fresh_process",
-        __file__,
-    ]
-    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], run.stdout[
-        -2000:
-    ]
+    rerun_in_fresh_process(__file__)
