@@ -43,6 +43,33 @@ def _cuobjdump(*args: str) -> str:
     return subprocess.run([tool, *args], capture_output=True, text=True, check=True).stdout
 
 
+def _constants(
+    chunk_size: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    config: tc.TileConfig,
+    causal: bool,
+    has_valid: bool,
+    has_buckets: bool,
+    extra: dict,
+) -> dict:
+    """The constexpr arguments the launchers give every kernel, plus the kernel's own."""
+    return dict(
+        C=chunk_size,
+        D=head_dim,
+        TILE=config.tile,
+        STEP=config.step,
+        STEPS=tc._window_steps(chunk_size, config),
+        NEED_VIS=tc._needs_visibility(chunk_size, config),
+        CAUSAL=causal,
+        HAS_VALID=has_valid,
+        HAS_BUCKETS=has_buckets,
+        UPCAST=False,
+        FP32_ACCURATE=dtype == torch.float32,
+        **extra,
+    )
+
+
 def kernel_resources(
     name: str,
     chunk_size: int,
@@ -57,20 +84,7 @@ def kernel_resources(
 ) -> dict:
     """{'regs', 'stack', 'shared', 'hgmma', 'hmma'} of kernel `name` ('fwd', 'dkdv', 'dq') for sm_<arch>."""
     fn, extra = KERNELS[name]
-    consts = dict(
-        C=chunk_size,
-        D=head_dim,
-        TILE=config.tile,
-        STEP=config.step,
-        STEPS=tc._window_steps(chunk_size, config),
-        NEED_VIS=tc._needs_visibility(chunk_size, config),
-        CAUSAL=causal,
-        HAS_VALID=has_valid,
-        HAS_BUCKETS=has_buckets,
-        UPCAST=False,
-        FP32_ACCURATE=dtype == torch.float32,
-        **extra,
-    )
+    consts = _constants(chunk_size, head_dim, dtype, config, causal, has_valid, has_buckets, extra)
     pointer = {n: f"*{TYPE_NAMES[dtype]}" for n in BLOCKS} | {
         "POS": "*i32",
         "BKT": "*i32",
@@ -122,20 +136,7 @@ def round_kernel_resources(
 
     fn_name, _, extra = ROUND_KERNELS[name]
     fn = getattr(tr, fn_name)
-    consts = dict(
-        C=chunk_size,
-        D=head_dim,
-        TILE=config.tile,
-        STEP=config.step,
-        STEPS=tc._window_steps(chunk_size, config),
-        NEED_VIS=tc._needs_visibility(chunk_size, config),
-        CAUSAL=causal,
-        HAS_VALID=has_valid,
-        HAS_BUCKETS=has_buckets,
-        UPCAST=False,
-        FP32_ACCURATE=dtype == torch.float32,
-        **extra,
-    )
+    consts = _constants(chunk_size, head_dim, dtype, config, causal, has_valid, has_buckets, extra)
     consts |= {n: 1 for n in fn.arg_names if n.endswith("_sd")}  # triton specialises 1s
     pointer = {n: f"*{TYPE_NAMES[dtype]}" for n in ROUND_BLOCKS} | {
         "ORDER": "*i64",
