@@ -25,6 +25,7 @@ GROUPS = (
     "logger",
     "debug",
     "experiment",
+    "attention",
 )
 
 
@@ -188,3 +189,15 @@ def test_objects_get_plain_containers_so_checkpoints_load_weights_only(tmp_path)
     })  # fmt: skip
     data = build_or_explain(node, "data")
     assert type(data.hparams["split"]) in (list, tuple)
+
+
+@pytest.mark.parametrize(
+    ("choice", "kind", "n_hashes"),
+    [("full", "full", 4), ("lsh1", "lsh", 1), ("lsh8", "lsh", 8), ("local", "local", 4)],
+)
+def test_attention_group_overrides_the_experiment(choice: str, kind: str, n_hashes: int) -> None:
+    """`attention=<word>` comes after `experiment` in the defaults, so it wins over the
+    experiment's own model.attention / model.n_hashes (duplication_paper sets n_hashes 4)."""
+    cfg = compose_train(["~local", "experiment=duplication_paper", f"attention={choice}"])
+    assert cfg.model.attention == kind
+    assert cfg.model.n_hashes == n_hashes
