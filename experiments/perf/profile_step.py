@@ -27,7 +27,9 @@ def axial(seq: int) -> tuple[int, int]:
     return first, -(-seq // first)
 
 
-def build(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int) -> ReformerLM:
+def build(
+    config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int, loss_chunk: int | None
+) -> ReformerLM:
     cfg = ReformerConfig(
         vocab_size=256,
         max_seq_len=seq,
@@ -35,15 +37,22 @@ def build(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int)
         backend=backend,
         ff_chunks=max(1, seq // ff_chunks),
         attn_chunks=min(attn_chunks, SIZES[config]["heads"]),
+        loss_chunk_size=loss_chunk,
         **SIZES[config],
     )
     return ReformerLM(cfg).cuda()
 
 
 def profile(
-    config: str, seq: int, backend: str, steps: int, ff_chunks: int, attn_chunks: int
+    config: str,
+    seq: int,
+    backend: str,
+    steps: int,
+    ff_chunks: int,
+    attn_chunks: int,
+    loss_chunk: int | None = None,
 ) -> dict:
-    model = build(config, seq, backend, ff_chunks, attn_chunks)
+    model = build(config, seq, backend, ff_chunks, attn_chunks, loss_chunk)
     tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     fwd_ms, step_ms, fwd_peak, step_peak = [], [], 0.0, 0.0
@@ -88,6 +97,9 @@ def main() -> None:
     parser.add_argument("--ff-chunks", type=int, default=32768, help="positions per FF chunk")
     parser.add_argument("--attn-chunks", type=int, nargs="+", default=[1])
     parser.add_argument(
+        "--loss-chunk", type=int, default=None, help="positions per loss chunk (default: model's)"
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="also print the top CUDA kernels of one step (torch.profiler)",
@@ -99,7 +111,15 @@ def main() -> None:
         for seq in args.seq:
             for backend, attn_chunks in [(b, a) for b in args.backend for a in args.attn_chunks]:
                 try:
-                    r = profile(config, seq, backend, args.steps, args.ff_chunks, attn_chunks)
+                    r = profile(
+                        config,
+                        seq,
+                        backend,
+                        args.steps,
+                        args.ff_chunks,
+                        attn_chunks,
+                        args.loss_chunk,
+                    )
                     print(
                         f"{config:7s} {seq:<8d} {r['backend']:10s} {r['fwd_peak_gb']:<12} "
                         f"{r['peak_gb']:<8} {r['fwd_ms']:<9} {r['step_ms']:<9} {r['tok_per_s']}",
