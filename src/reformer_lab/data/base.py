@@ -6,6 +6,7 @@ position t must predict, IGNORE_INDEX where no loss is taken.
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar
 
 import lightning.pytorch as pl
@@ -72,4 +73,13 @@ class SequenceDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_start_method() if self.num_workers > 0 else None,
         )
+
+
+def worker_start_method() -> str:
+    """How loader workers start: the platform's usual way ('fork' on Linux, else 'spawn'),
+    named explicitly because a job may run in a process whose default was changed: Hydra's
+    joblib launcher runs each job in a loky worker, whose default start method ('loky') torch's
+    DataLoader cannot use."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
