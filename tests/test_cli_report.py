@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reformer_lab.cli.report import load_jobs, main, markdown_table, swept_keys
+from reformer_lab.cli.report import curve_label, load_jobs, main, markdown_table, swept_keys
 
 PNG = b"\x89PNG"
 
@@ -77,3 +77,19 @@ def test_bad_input_says_what_to_do(tmp_path):
         main([str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="no job has metric 'test/bleu'"):
         main([str(make_sweep(tmp_path)), "--metric", "test/bleu"])
+
+
+def test_curve_labels_name_only_what_was_swept(tmp_path):
+    """An override every job shares (here trainer.max_time) stays out of the legend."""
+    sweep = make_sweep(tmp_path)
+    for folder in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        result = json.loads((folder / "result.json").read_text())
+        result["overrides"].append("trainer.max_time=00:00:07:30")
+        (folder / "result.json").write_text(json.dumps(result))
+    jobs = load_jobs(sweep)
+    keys = swept_keys(jobs)
+    assert [curve_label(job, keys) for job in jobs[:2]] == [
+        "model.bucket_size=16 model.n_hashes=1",
+        "model.bucket_size=16 model.n_hashes=2",
+    ]
+    assert curve_label(jobs[0], []) == f"job {jobs[0]['job']}"

@@ -144,20 +144,27 @@ def plot_curves(jobs: list[dict[str, Any]], metric: str, path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
+    keys = swept_keys(jobs)
     for job in jobs:
         steps, values = read_csv_metric(job["folder"], metric)
         if steps:
-            label = " ".join(f"{k}={v}" for k, v in job["overrides"].items()) or job["job"]
-            ax.plot(steps, values, label=label)
+            ax.plot(steps, values, label=curve_label(job, keys))
             drawn = True
     if drawn:
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
-        ax.legend(fontsize="x-small")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
         ax.grid(alpha=0.3)
         _save(fig, path)
     plt.close(fig)
     return drawn
+
+
+def curve_label(job: dict[str, Any], keys: list[str]) -> str:
+    """What tells this job's curve apart: the swept overrides only (the ones shared by every
+    job would fill the legend), or the job number when nothing was swept."""
+    return " ".join(f"{k}={job['overrides'].get(k)}" for k in keys) or f"job {job['job']}"
 
 
 def read_csv_metric(run_folder: Path, metric: str) -> tuple[list[int], list[float]]:
