@@ -57,6 +57,10 @@ def data_for(experiment: str, root: Path) -> list[str]:
             "data.download=false",
             "data.val_size=2",
         ]
+    if experiment == "text_small":
+        corpus = root / "corpus.txt"
+        corpus.write_bytes(b"the reformer reads long text, byte by byte. " * 200)
+        return [f"data.path={corpus}", "data.seq_len=64"]
     if experiment == "imagenet64":
         write_imagenet64(root / "imagenet64", per_file=1, n_val=2)
         return [f"data.path={root / 'imagenet64'}", "data.val_size=2"]
