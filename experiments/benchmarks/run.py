@@ -13,18 +13,18 @@ markdown table and plots next to it. See README.md beside this file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
-from reformer_bench.records import default_results_path, gpu_name, read_records
-from reformer_bench.settings import IMPLS, INJECTABLE, RESULT_PREFIX, SEQ_LENGTHS, SIZES, check_seq
+from reformer_bench.commands import check_results_out, git_commit, render_and_mirror
+from reformer_bench.records import default_results_path, gpu_name
+from reformer_bench.settings import IMPLS, INJECTABLE, SEQ_LENGTHS, SIZES, check_seq
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]  # git runs here: "-dirty" means src/ changed (recorded as git_commit)
 RESULTS_DIR = HERE / "results"
 CPU_DEFAULT_SEQS = (256,)
 
@@ -43,16 +43,13 @@ def one(args: argparse.Namespace) -> int:
     """Child process: one run, printed as the last stdout line (prefixed by RESULT_PREFIX)."""
     if args.inject == "hang":  # test hook: freeze before anything, watchdog included
         os.kill(os.getpid(), signal.SIGSTOP)
+    from reformer_bench.child import report_from_child
     from reformer_bench.measure import RunSpec, run_one  # imports torch: only in the child
-    from reformer_bench.watchdog import Watchdog
 
     spec = RunSpec(impl=args.impl, config=args.config, seq=args.seq, device=args.device,
                    min_steps=args.min_steps, target_s=args.target_s,
                    deadline_unix=args.deadline_unix, inject=args.inject)  # fmt: skip
-    progress: dict = {}
-    watchdog = Watchdog(args.deadline_unix, progress,
-                        emit=lambda result: print(RESULT_PREFIX + json.dumps(result), flush=True))  # fmt: skip
-    watchdog.finish(run_one(spec, progress))
+    report_from_child(args.deadline_unix, lambda progress: run_one(spec, progress))
     return 0
 
 
@@ -73,21 +70,13 @@ def matrix(args: argparse.Namespace) -> int:
         raise SystemExit("--grace-s and --target-s must not be negative")
     gpu = gpu_name(args.device)
     out = args.out or default_results_path(args.results_dir, gpu)
-    if out.suffix != ".jsonl":
-        raise SystemExit(f"--out {out} must end in .jsonl")
-    if out.exists():  # new results are appended to it: it must be a results file already
-        try:
-            read_records(out)
-        except ValueError as error:
-            raise SystemExit(
-                f"--out {out} is not a results file, refusing to add to it: {error}"
-            ) from error
+    check_results_out(out)
     options = MatrixOptions(
         impls=args.impls, configs=args.configs, seqs=seqs, device=args.device, out=out, gpu=gpu,
         command=shlex.join(["python", *sys.argv]), run_script=Path(__file__).resolve(),
         budget_s=args.budget_s, run_timeout_s=args.run_timeout_s, grace_s=args.grace_s,
         min_steps=args.min_steps, target_s=args.target_s,
-        mirror_dir=args.mirror_dir, injections=injections, git_commit=git_commit(),
+        mirror_dir=args.mirror_dir, injections=injections, git_commit=git_commit(REPO, ["src"]),
     )  # fmt: skip
     print(f"results -> {out}  ({len(args.impls) * len(args.configs) * len(seqs)} runs, "
           f"budget {args.budget_s:.0f} s, {args.run_timeout_s:.0f} s per run)", flush=True)  # fmt: skip
@@ -96,11 +85,7 @@ def matrix(args: argparse.Namespace) -> int:
         return 0
     from reformer_bench.render import render
 
-    written = render(out)
-    if args.mirror_dir is not None:
-        for path in written:
-            (args.mirror_dir / path.name).write_bytes(path.read_bytes())
-    print("rendered " + ", ".join(str(p) for p in written), flush=True)
+    render_and_mirror(render, out, args.mirror_dir)
     return 0
 
 
@@ -115,20 +100,6 @@ def parse_injections(items: list[str]) -> dict[tuple[str, int], str]:
                              f"KIND in {INJECTABLE}")  # fmt: skip
         injections[(parts[0], int(parts[1]))] = parts[2]
     return injections
-
-
-def git_commit() -> str | None:
-    """The repository's commit (+'-dirty'), or $BENCH_GIT_COMMIT where there is no .git."""
-    try:
-        head = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10)  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return os.environ.get("BENCH_GIT_COMMIT")
-    if head.returncode != 0:
-        return os.environ.get("BENCH_GIT_COMMIT")
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def parser() -> argparse.ArgumentParser:

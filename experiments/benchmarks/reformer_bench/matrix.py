@@ -9,8 +9,6 @@ spent the remaining runs are "skipped", and every finished run is already on dis
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .availability import missing_reason
-from .records import read_records, utc_now, write_records
-from .settings import RESULT_PREFIX
+from .child import run_child
+from .records import append_record, read_records, utc_now
 
 
 @dataclass
@@ -74,11 +72,8 @@ def run_matrix(options: MatrixOptions, log: Callable[[str], None] = print) -> li
             record = {**base, **_run_child(options, impl, config, seq, budget_end)}
             if record["status"] in ("oom", "timeout", "error"):  # longer would fail the same way
                 stopped[(impl, config)] = f"after {record['status']} at seq {seq}"
-        records.append(record)
         new.append(record)
-        write_records(options.out, records)
-        if options.mirror_dir is not None:
-            write_records(options.mirror_dir / options.out.name, records)
+        append_record(records, record, options.out, options.mirror_dir)
         log(f"[{time.monotonic() - started:6.0f}s] {_summary(record)}")
     return new
 
@@ -107,35 +102,17 @@ def _run_child(
     if (impl, seq) in options.injections:
         command += ["--inject", options.injections[(impl, seq)]]
     limit_s = deadline - now + options.grace_s
-    started = time.monotonic()
-    # Same session as this process: whoever ends the matrix also ends a run it left behind.
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = child.communicate(timeout=limit_s)
-    except subprocess.TimeoutExpired:
-        child.kill()  # SIGKILL to this run's process (by its pid), nothing else
-        stdout, stderr = child.communicate()
+    outcome = run_child(command, limit_s)
+    if outcome.result is None:  # frozen: killed at the limit
         why = "the total time budget" if cut_by_budget else "the per-run limit"
-        return {"status": "timeout", "cut_by_budget": cut_by_budget, "timestamp": utc_now(),
-                "elapsed_s": time.monotonic() - started, "run_command": " ".join(command),
-                "message": f"killed after {limit_s:.0f} s by {why} "
-                           f"({options.run_timeout_s:.0f} s per run + {options.grace_s:.0f} s grace)"}  # fmt: skip
-    result = _parse_result(stdout)
-    if result is None:
-        tail = stderr.strip()[-1500:] or stdout.strip()[-1500:]
-        result = {"status": "error", "message": f"exit code {child.returncode}, no result; "
-                                                f"output tail:\n{tail}"}  # fmt: skip
+        result = {"status": "timeout",
+                  "message": f"killed after {limit_s:.0f} s by {why} "
+                             f"({options.run_timeout_s:.0f} s per run + {options.grace_s:.0f} s grace)"}  # fmt: skip
+    else:
+        result = outcome.result
     if result["status"] == "timeout":
         result["cut_by_budget"] = cut_by_budget
-    return {**result, "timestamp": utc_now(), "elapsed_s": time.monotonic() - started,
-            "run_command": " ".join(command)}  # fmt: skip
-
-
-def _parse_result(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    return None
+    return {**result, "timestamp": utc_now(), **outcome.provenance()}
 
 
 def _summary(record: dict[str, Any]) -> str:

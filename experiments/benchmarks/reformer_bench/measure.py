@@ -12,7 +12,8 @@ steps are timed with `time.perf_counter` and memory is not measured (peak_gb is 
 Timed steps continue until `target_s` of timed work or `max_steps`; a step that would end past
 the run's deadline is not started, and fewer than `min_steps` steps is recorded as "timeout".
 `progress` (phase, phase start, steps so far) is filled as the run goes, for the watchdog
-that reports a step still running at the deadline (see `watchdog.py`).
+that reports a step still running at the deadline (see `watchdog.py`). The parts every
+measured run shares (warm-up, timed steps, failures as statuses) are in `timing.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +28,7 @@ import torch
 
 from .impls import BUILDERS, Built
 from .settings import INJECTABLE, SIZES
-
-OUT_OF_MEMORY_MARKS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
+from .timing import enter, measure_guarded, timed_steps, warm_up
 
 
 @dataclass
@@ -51,21 +50,7 @@ def run_one(spec: RunSpec, progress: dict[str, Any] | None = None) -> dict[str, 
     The result is built in `progress` (a new dict if None), so another thread can read it.
     """
     result = progress if progress is not None else {}
-    result.update(torch=torch.__version__, cuda=torch.version.cuda)
-    _enter(result, "build")
-    try:
-        result["gpu"] = _device_name(spec.device)
-        result.update(_measure(spec, result))
-    except torch.OutOfMemoryError as error:
-        result.update(status="oom", message=_first_line(error))
-    except RuntimeError as error:  # allocation failures that are not torch.OutOfMemoryError
-        out_of_memory = any(mark in str(error) for mark in OUT_OF_MEMORY_MARKS)
-        result.update(status="oom" if out_of_memory else "error",
-                      message=_first_line(error) if out_of_memory else _traceback_tail())  # fmt: skip
-    except Exception:
-        result.update(status="error", message=_traceback_tail())
-    result.pop("phase_started_unix", None)
-    return result
+    return measure_guarded(result, spec.device, lambda: _measure(spec, result))
 
 
 def _measure(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
@@ -80,21 +65,16 @@ def _measure(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
                            generator=generator).to(device)  # (1, seq + 1) random bytes  # fmt: skip
     _inject(spec.inject, built)
 
-    _enter(result, "warm-up")
-    started = time.perf_counter()
-    loss = _training_step(built, tokens, device.type)
-    _synchronize(device)
-    warmup_s = time.perf_counter() - started
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"the warm-up loss is {loss.item()}: the step is not valid")
-    result["warmup_ms"] = 1e3 * warmup_s
+    def step() -> torch.Tensor:
+        return _training_step(built, tokens, device.type)
+
+    warmup_s = warm_up(step, device, result)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
         result["static_gb"] = torch.cuda.memory_allocated(device) / 1e9
 
     result["step_ms_all"] = []  # filled in place, step by step
-    step_s = _timed_steps(built, tokens, device, spec, warmup_s, result)
-    _enter(result, "done")
+    step_s = timed_steps(step, device, spec, warmup_s, result)
+    enter(result, "done")
     if len(step_s) < spec.min_steps:
         return {
             "status": "timeout",
@@ -121,42 +101,6 @@ def _training_step(built: Built, tokens: torch.Tensor, device_type: str) -> torc
     return loss.detach()
 
 
-def _timed_steps(
-    built: Built,
-    tokens: torch.Tensor,
-    device: torch.device,
-    spec: RunSpec,
-    estimate_s: float,
-    result: dict[str, Any],
-) -> list[float]:
-    """Seconds of each timed step; stops at the deadline, after target_s, or at max_steps."""
-    seconds: list[float] = []
-    while len(seconds) < spec.max_steps:
-        if len(seconds) >= spec.min_steps and sum(seconds) >= spec.target_s:
-            break
-        if time.time() + estimate_s > spec.deadline_unix:
-            break
-        _enter(result, f"timed step {len(seconds) + 1}")
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            _training_step(built, tokens, device.type)
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1e3)
-        else:
-            started = time.perf_counter()
-            _training_step(built, tokens, device.type)
-            seconds.append(time.perf_counter() - started)
-        result["step_ms_all"].append(1e3 * seconds[-1])
-        estimate_s = seconds[-1]
-    return seconds
-
-
-def _enter(result: dict[str, Any], phase: str) -> None:
-    result["phase"], result["phase_started_unix"] = phase, time.time()
-
-
 def _inject(kind: str | None, built: Built) -> None:
     """Make this run fail in the way a test asks for (see settings.INJECTABLE)."""
     if kind is None or kind == "hang":  # "hang" froze the process as it started (run.py one)
@@ -171,21 +115,3 @@ def _inject(kind: str | None, built: Built) -> None:
         built.loss = lambda tokens: time.sleep(3600)  # type: ignore[assignment,return-value]
         return
     raise ValueError(f"unknown injected failure {kind!r}; choose from {INJECTABLE}")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return f"{type(error).__name__}: {text.splitlines()[0][:400]}"
-
-
-def _traceback_tail(lines: int = 8) -> str:
-    return "\n".join(traceback.format_exc().strip().splitlines()[-lines:])[-2000:]

@@ -90,6 +90,17 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     os.replace(temp, path)
 
 
+def append_record(
+    records: list[dict[str, Any]], record: dict[str, Any], out: Path, mirror_dir: Path | None
+) -> None:
+    """Add `record` to `records` and rewrite `out` (and its copy in `mirror_dir`, if given),
+    so every finished run is on disk before the next one starts."""
+    records.append(record)
+    write_records(out, records)
+    if mirror_dir is not None:
+        write_records(mirror_dir / out.name, records)
+
+
 def latest_per_key(records: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
     """The newest line for each (impl, config, seq): later lines win."""
     return {(r["impl"], r["config"], r["seq"]): r for r in records}

@@ -28,7 +28,7 @@ def render(jsonl: Path) -> list[Path]:
     md_path = jsonl.with_suffix(".md")
     memory_png = jsonl.with_name(f"{jsonl.stem}-memory.png")
     speed_png = jsonl.with_name(f"{jsonl.stem}-throughput.png")
-    _write_text(md_path, markdown(latest, jsonl.name, memory_png.name, speed_png.name))
+    write_text(md_path, markdown(latest, jsonl.name, memory_png.name, speed_png.name))
     _plot(latest, "peak_gb", "peak memory (GB = 1e9 B)", memory_png)
     _plot(latest, "tok_per_s", "tokens per second", speed_png)
     return [md_path, memory_png, speed_png]
@@ -48,17 +48,17 @@ def markdown(
         "timeout or an error at a shorter length.",
         "",
         f"- source: `{source}`",
-        f"- gpu: {_joined(r['gpu'] for r in rows)}; torch {_joined(r['torch'] for r in rows)}",
+        f"- gpu: {joined(r['gpu'] for r in rows)}; torch {joined(r['torch'] for r in rows)}",
         f"- runs: {min(r['timestamp'] for r in rows)} to {max(r['timestamp'] for r in rows)}; "
-        f"git commit {_joined(r.get('git_commit') for r in rows)}",
+        f"git commit {joined(r.get('git_commit') for r in rows)}",
     ]
     for impl in _impls(latest):
-        versions = _joined(r["impl_version"] for r in rows if r["impl"] == impl)
+        versions = joined(r["impl_version"] for r in rows if r["impl"] == impl)
         lines.append(f"- {impl}: {versions}")
     lines += ["- command(s):", *(f"  - `{c}`" for c in dict.fromkeys(r["command"] for r in rows))]
     for config in _configs(latest):
         lines += ["", *table(latest, config)]
-        notes = [_note(r) for r in rows if r["config"] == config and r["status"] != "ok"]
+        notes = [note(r) for r in rows if r["config"] == config and r["status"] != "ok"]
         if notes:
             lines += ["", *notes]
     lines += ["", f"![peak memory]({memory_png})", "", f"![tokens per second]({speed_png})", ""]
@@ -112,7 +112,8 @@ def rate_label(rate: float) -> str:
     return f"{rate:.3g}"
 
 
-def _note(record: dict[str, Any]) -> str:
+def note(record: dict[str, Any]) -> str:
+    """The line under a table that says why a run did not end "ok"."""
     message = (record["message"] or "").strip().splitlines()
     return (f"- {record['impl']} @ {length_label(record['seq'])}: {record['status']}: "
             f"{message[-1][:200] if message else ''}")  # fmt: skip
@@ -128,7 +129,8 @@ def _configs(latest: dict[Key, dict[str, Any]]) -> list[str]:
     return [c for c in SIZES if c in present] + sorted(present - set(SIZES))
 
 
-def _joined(values: Any) -> str:
+def joined(values: Any) -> str:
+    """Distinct values, in order of first appearance, comma-joined ("n/a" if none)."""
     return ", ".join(str(v) for v in dict.fromkeys(v for v in values if v is not None)) or "n/a"
 
 
@@ -164,6 +166,11 @@ def _plot(latest: dict[Key, dict[str, Any]], field: str, label: str, path: Path)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def save_figure(figure: plt.Figure, path: Path) -> None:
+    """Lay out, write as PNG (temp file, then rename) and close `figure`."""
     figure.tight_layout()
     temp = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(temp, dpi=120, format="png")
@@ -171,7 +178,8 @@ def _plot(latest: dict[Key, dict[str, Any]], field: str, label: str, path: Path)
     os.replace(temp, path)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Replace `path` by `text` (temp file, then rename: never half-written)."""
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text)
     os.replace(temp, path)
