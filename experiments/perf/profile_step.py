@@ -142,7 +142,7 @@ def trace(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int)
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    model = build(config, seq, backend, ff_chunks, attn_chunks)
+    model = build(config, seq, backend, ff_chunks, attn_chunks, None)
     tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
     for _ in range(2):
         with torch.autocast("cuda", dtype=torch.bfloat16):
