@@ -183,6 +183,35 @@ def test_every_position_written_by_each_round():
     assert all(torch.isfinite(t).all() for t in grads)
 
 
+@in_process
+def test_backward_in_head_passes_equals_one_pass(monkeypatch):
+    """The backward taken a few heads at a time (to bound its fp32 accumulators) gives the very
+    same gradients as all heads at once: uneven passes, batch 2 (strided head slices)."""
+    from reformer_lab.kernels import rounds as kernel_rounds
+
+    B, H, L, C, d, R = 2, 3, 64, 16, 16, 3
+    rounds = _rounds(B, H, L, C, R, causal=True, valid_frac=0.8, use_buckets=True)
+    q, k, v = (_heads(B, H, L, d, torch.bfloat16, "blhd").to(DEVICE) for _ in range(3))
+    dout = _heads(B, H, L, d, torch.bfloat16, "bhld").to(DEVICE)
+    order, options = _kernel_arguments(rounds, d**-0.5)
+    out, lse, stats = lsh_rounds_forward(q, k, v, order, stats=True, **options)
+    per_head = 2 * B * L * d * 4  # two fp32 accumulators of one head
+    results = {}
+    for heads_per_pass in (3, 2, 1):
+        monkeypatch.setattr(kernel_rounds, "ACCUMULATOR_BYTES", heads_per_pass * per_head)
+        passes = kernel_rounds.accumulator_passes(q.shape, R)
+        assert [s.stop - s.start for s in passes] == {3: [3], 2: [2, 1], 1: [1, 1, 1]}[
+            heads_per_pass
+        ]
+        results[heads_per_pass] = lsh_rounds_backward(
+            q, k, v, order, out=out, lse=lse, stats=stats, dout=dout, **options
+        )
+    for heads_per_pass in (2, 1):
+        for name, a, b in zip(("dq", "dk", "dv"), results[heads_per_pass], results[3]):
+            assert torch.equal(a, b), (heads_per_pass, name)
+    assert kernel_rounds.accumulator_passes(q.shape, 1) == [slice(0, 3)]  # R = 1: no accumulator
+
+
 def _through_rounds_function(q, k, v, rounds, dout):
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     out = lsh_rounds.attend_all_rounds(*leaves, rounds)

@@ -153,3 +153,15 @@ def test_head_groups_bound_the_heads_computed_at_once():
     model.loss(tokens, tokens).loss.backward()
     # 2 layers x 2 groups in the forward pass and again in the backward recomputation.
     assert seen == [2] * 8
+
+
+def test_incoming_gradients_are_overwritten_only_when_they_are_separate_buffers():
+    from reformer_lab.model.reversible import writable
+
+    both = torch.zeros(2, 5, 8)
+    assert writable(both[..., :4], both[..., 4:])  # the halves of the gradient of a cat
+    assert writable(torch.zeros(2, 5, 4), torch.zeros(2, 5, 4))
+    assert not writable(both[..., :4], both[..., :4])  # one buffer passed twice
+    assert not writable(both[..., :4], both[..., 2:6])  # overlapping
+    assert not writable(torch.zeros(4).expand(2, 5, 4), torch.zeros(2, 5, 4))  # broadcast
+    assert not writable(both[..., 0:4:2], both[..., 1:5:2])  # interleaved columns

@@ -178,7 +178,8 @@ def lsh_rounds_backward(
 
     out (B, H, L, d), lse and stats: what `lsh_rounds_forward` returned (stats=True); dout
     (B, H, L, d) any strides. Z = logsumexp_r lse and g = <dout, out> are formed once, as
-    `lsh_rounds._RoundsFunction.backward` forms them; then one dk/dv and one dq launch per round.
+    `lsh_rounds._RoundsFunction.backward` forms them; then a dk/dv launch per round, then a dq
+    launch per round.
     """
     check_rounds_inputs(q, k, v, order, chunk_size, key_valid, buckets)
     if out.shape != q.shape or dout.shape != q.shape:
@@ -189,9 +190,9 @@ def lsh_rounds_backward(
         raise ValueError("one batch element of out or dout must span fewer than 2**31 elements")
     if lse.shape != order.shape or any(s.shape != order.shape for s in stats):
         raise ValueError(f"lse and stats must be {tuple(order.shape)} (from lsh_rounds_forward)")
-    from .triton_rounds import launch_round_backward, launch_row_dot
+    from .triton_rounds import launch_row_dot
 
-    B, H, L, d = q.shape
+    d = q.shape[-1]
     R = order.shape[2]
     configs = configs or default_round_configs(chunk_size, d, q.dtype)
     order = order.contiguous()
@@ -201,15 +202,70 @@ def lsh_rounds_backward(
         dout = dout.to(out.dtype)
     lse_total = torch.log_softmax(lse, dim=2)  # (B, H, R, L) log round weights, as the torch path
     grad_dot = launch_row_dot(dout, out)  # (B, H, L) g = <dout, out>
+    run = dict(
+        chunk_size=chunk_size, scale=float(scale), causal=bool(causal), configs=configs,
+        interpret=interpreting(),
+    )  # fmt: skip
     grads = tuple(torch.empty_like(x) for x in (q, k, v))  # the inputs' layouts
-    acc = tuple(torch.empty(B, H, L, d, device=q.device, dtype=torch.float32) for _ in range(3))
-    accumulators = acc if R > 1 else grads
-    for r in range(R):
-        launch_round_backward(
-            q, k, v, order, key_valid, buckets, r,
-            chunk_size=chunk_size, scale=float(scale), causal=bool(causal), stats=stats,
-            lse=lse, lse_total=lse_total, grad_dot=grad_dot, dout=dout,
-            accumulators=accumulators, grads=grads if r == R - 1 else None,
-            configs=configs, interpret=interpreting(),
+    for h in accumulator_passes(q.shape, R):
+        view, packed = (lambda x, h=h: _heads(x, h)), (lambda x, h=h: _heads(x, h, packed=True))
+        _backward_heads(
+            *map(view, (q, k, v)), packed(order), key_valid, packed(buckets),
+            stats=tuple(map(packed, stats)), lse=packed(lse), lse_total=packed(lse_total),
+            grad_dot=packed(grad_dot), dout=view(dout), grads=tuple(map(view, grads)), **run,
         )  # fmt: skip
     return grads  # type: ignore[return-value]
+
+
+ACCUMULATOR_BYTES = 64 << 20
+"""Memory for the backward's fp32 round accumulators: heads are taken in passes that fit."""
+
+
+def accumulator_passes(shape: torch.Size, n_rounds: int) -> list[slice]:
+    """Head groups of a (B, H, L, d) backward whose two fp32 accumulators fit ACCUMULATOR_BYTES
+    (at least one head per pass; one pass when R = 1, which needs no accumulator)."""
+    B, H, L, d = shape
+    per_head = 2 * B * L * d * 4
+    step = H if n_rounds == 1 else max(1, min(H, ACCUMULATOR_BYTES // per_head))
+    return [slice(h, min(h + step, H)) for h in range(0, H, step)]
+
+
+def _heads(x: Tensor | None, heads: slice, packed: bool = False) -> Tensor | None:
+    """x[:, heads] for a (B, H, ...) tensor; `packed`: contiguous, as the kernels index it."""
+    if x is None:
+        return None
+    return x[:, heads].contiguous() if packed else x[:, heads]
+
+
+def _backward_heads(q, k, v, order, key_valid, buckets, *, grads, **run) -> None:
+    """The rounds' backward for one group of heads, into `grads` (views of the results).
+
+    Two phases, so that fewer fp32 accumulators are alive at once: dk and dv over every round,
+    then dq over every round (2 fp32 (B, h, L, d) buffers, not 3; at R = 1 the kernels write
+    the results directly). The same launches as round by round, reordered.
+    """
+    from .triton_rounds import launch_round_backward
+
+    R = order.shape[2]
+    dq, dk, dv = grads
+    side = (order, key_valid, buckets)
+    acc = [_fp32_like(q) for _ in range(2)] if R > 1 else [dk, dv]
+    for r in range(R):
+        last = r == R - 1
+        launch_round_backward(
+            q, k, v, *side, r, accumulators=(dk, *acc), grads=grads if last else None,
+            parts=("dkdv",), **run,
+        )  # fmt: skip
+    del acc
+    dq_acc = _fp32_like(q) if R > 1 else dq
+    for r in range(R):
+        last = r == R - 1
+        launch_round_backward(
+            q, k, v, *side, r, accumulators=(dq_acc, dk, dv), grads=grads if last else None,
+            parts=("dq",), **run,
+        )  # fmt: skip
+
+
+def _fp32_like(x: Tensor) -> Tensor:
+    """An fp32 (B, H, L, d) contiguous accumulator shaped like x."""
+    return torch.empty(x.shape, device=x.device, dtype=torch.float32)

@@ -54,19 +54,18 @@ class AttentionBranch(nn.Module):
         ]
 
     def group(self, x: Tensor, heads: slice, key_valid: Tensor | None, n_hashes, plan) -> Tensor:
-        """One head group's share of the pre-dropout output; the first group adds the bias."""
+        """One head group's share of the pre-dropout output (the first group's has the bias),
+        in the matmuls' dtype: bf16 under bf16 autocast, half the bytes of an fp32 copy."""
         h = self.norm(x)  # (B, L, dim); fp32 under autocast
         device = x.device.type
         if torch.is_autocast_enabled(device):  # one low-precision copy for all projections
             h = h.to(torch.get_autocast_dtype(device))
-        part = self.attention(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
-        return self.attention.to_out.bias + part if heads.start == 0 else part
+        return self.attention(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         out = None
         for heads in self.head_groups:
-            part = self.group(x, heads, key_valid, n_hashes, plan)  # (B, L, dim)
-            out = part if out is None else out + part
+            out = add_part(out, self.group(x, heads, key_valid, n_hashes, plan))  # (B, L, dim)
         return self.dropout(out)
 
     def recompute_backward(
@@ -80,8 +79,9 @@ class AttentionBranch(nn.Module):
     ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
         """Recompute F(x) group by group and differentiate it against `grad` as we go.
 
-        Returns F(x) (no graph), dF/dx^T grad and the parameter gradients in
-        `self.parameters()` order. Only one head group's graph exists at a time.
+        Returns F(x) (no graph; the forward's very bits, dropout replayed), dF/dx^T grad and
+        the parameter gradients in `self.parameters()` order. Only one head group's graph
+        exists at a time.
         """
         params = list(self.parameters())
         param_grads: list[Tensor | None] = [None] * len(params)
@@ -89,22 +89,32 @@ class AttentionBranch(nn.Module):
         dx: Tensor | None = None
         out: Tensor | None = None
         grad_pre: Tensor | None = None
-        mask: Tensor | None = None
+        dropping = isinstance(self.dropout, nn.Dropout) and self.training
         for heads in self.head_groups:
             with torch.enable_grad():
                 part = self.group(x, heads, key_valid, n_hashes, plan)  # (B, L, dim)
-            out = part.detach() if out is None else out + part.detach()
-            if grad_pre is None:  # the dropout mask of the forward pass, replayed
-                if isinstance(self.dropout, nn.Dropout) and self.training:
+            out = add_part(out, part.detach())
+            if grad_pre is None:  # through the dropout mask of the forward pass, replayed
+                grad_pre = grad
+                if dropping:  # the mask drawn for a tensor like the forward's, kept as bool
                     with replaying(rng):
-                        mask = self.dropout(torch.ones_like(out))  # 0 or 1 / (1 - p)
-                grad_pre = grad if mask is None else grad * mask
+                        kept = self.dropout(torch.ones_like(out)) != 0
+                    grad_pre = grad * kept / (1 - self.dropout.p)
             grads = torch.autograd.grad(part, [x, *params], grad_pre, allow_unused=True)
             dx = grads[0] if dx is None else dx + grads[0]
             param_grads = [add_grads(a, b) for a, b in zip(param_grads, grads[1:])]
             del part, grads
         assert out is not None and dx is not None
-        return (out if mask is None else out * mask), dx, param_grads
+        if dropping:
+            with replaying(rng):
+                out = self.dropout(out)
+        return out, dx, param_grads
+
+
+def add_part(out: Tensor | None, part: Tensor) -> Tensor:
+    """The sum of head groups' parts so far: the first as it is, later ones added in fp32, so
+    the forward pass and its recomputation sum alike."""
+    return part if out is None else out.to(torch.promote_types(out.dtype, torch.float32)) + part
 
 
 class FeedForwardBranch(nn.Module):
@@ -170,8 +180,12 @@ class ReformerLM(nn.Module):
         *,
         key_padding_mask: Tensor | None = None,
         n_hashes: int | None = None,
+        grads_owned: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """The two residual streams after the last layer: (B, N) -> 2 x (B, N, dim)."""
+        """The two residual streams after the last layer: (B, N) -> 2 x (B, N, dim).
+
+        grads_owned: see `run_layers`; only for callers whose use of the streams is private.
+        """
         self._check(tokens, key_padding_mask, n_hashes)
         N = tokens.shape[1]
         x = self.token_emb(tokens) + self.pos_emb(N, tokens.device)  # (B, N, d)
@@ -189,7 +203,9 @@ class ReformerLM(nn.Module):
             )
             key_valid = F.pad(real, (0, L - N), value=False)  # (B, L)
 
-        y1, y2 = run_layers(self.layers, x, x, key_valid, n_hashes, self.cfg.reversible)
+        y1, y2 = run_layers(
+            self.layers, x, x, key_valid, n_hashes, self.cfg.reversible, grads_owned
+        )
         return y1[:, :N], y2[:, :N]
 
     def features(self, y1: Tensor, y2: Tensor) -> Tensor:
@@ -237,7 +253,10 @@ class ReformerLM(nn.Module):
             raise ValueError(
                 f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
             )
-        y1, y2 = self.streams(tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes)
+        # The streams feed only the chunk losses below: their gradients are ours to overwrite.
+        y1, y2 = self.streams(
+            tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes, grads_owned=True
+        )
         total = y1.new_zeros((), dtype=torch.promote_types(y1.dtype, torch.float32))
         n_correct = torch.zeros((), dtype=torch.long, device=y1.device)
         step = self.cfg.loss_chunk

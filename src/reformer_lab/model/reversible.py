@@ -140,7 +140,7 @@ class _ReversibleFunction(torch.autograd.Function):
     """Runs all layers without storing activations; the backward walks them in reverse."""
 
     @staticmethod
-    def forward(ctx, x1, x2, layers, key_valid, n_hashes, *params):
+    def forward(ctx, x1, x2, layers, key_valid, n_hashes, grads_owned, *params):
         device_type = x1.device.type
         ctx.autocast = (
             torch.is_autocast_enabled(device_type),
@@ -159,16 +159,19 @@ class _ReversibleFunction(torch.autograd.Function):
             record.plan = {}
         ctx.layers, ctx.records, ctx.plan_keys = layers, records, plan_keys
         ctx.n_hashes, ctx.has_key_valid = n_hashes, key_valid is not None
+        ctx.grads_owned = grads_owned
         return x1, x2
 
     @staticmethod
     def backward(ctx, dy1, dy2):
         # The layers' backward overwrites these four buffers in place; the saved outputs
         # have no other reader (they only feed a concatenation), so they are reused as they
-        # are, and the incoming gradients are copied once. Calling backward twice through
+        # are. The incoming gradients are copied once, unless the caller said they are its
+        # own (`grads_owned`): then they are overwritten too. Calling backward twice through
         # this function (retain_graph=True) is therefore not supported.
         y1, y2, *rest = ctx.saved_tensors
-        dy1, dy2 = dy1.clone(), dy2.clone()
+        if not (ctx.grads_owned and writable(dy1, dy2)):
+            dy1, dy2 = dy1.clone(), dy2.clone()
         key_valid = rest.pop(0) if ctx.has_key_valid else None
         for (i, key), tensor in zip(ctx.plan_keys, rest):
             ctx.records[i].plan[key] = tensor
@@ -181,7 +184,40 @@ class _ReversibleFunction(torch.autograd.Function):
                 param_grads.append(grads)
                 record.plan = {}
         flat = [g for grads in reversed(param_grads) for g in grads]
-        return (dy1, dy2, None, None, None, *flat)
+        return (dy1, dy2, None, None, None, None, *flat)
+
+
+def writable(a: Tensor, b: Tensor) -> bool:
+    """True when a and b can be overwritten as two separate buffers: no element of either is
+    stored twice (as in an expanded gradient) and they share none, either because their
+    memory ranges are apart or because they are the two halves of one (..., 2 d) tensor along
+    the last dim (the gradient of `cat([y1, y2], -1)`)."""
+    if not (_no_self_overlap(a) and _no_self_overlap(b)):
+        return False
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    if a1 <= b0 or b1 <= a0:
+        return True
+    d = a.shape[-1]
+    halves = a.shape == b.shape and a.stride() == b.stride() and a.stride(-1) == 1
+    return (
+        halves and a.dim() >= 2 and a.stride(-2) >= 2 * d and abs(b0 - a0) == d * a.element_size()
+    )
+
+
+def _no_self_overlap(t: Tensor) -> bool:
+    """No two indices of t address one element: each stride spans the dims inside it."""
+    extent = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n > 1):
+        if stride < extent:
+            return False
+        extent = stride * size
+    return True
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    """[first, last + 1) byte addresses t touches."""
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
 def layer_parameters(layers: nn.ModuleList) -> list[nn.Parameter]:
@@ -196,14 +232,20 @@ def run_layers(
     key_valid: Tensor | None,
     n_hashes: int | None,
     reversible: bool,
+    grads_owned: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """All layers, reversibly (no stored activations) or as an ordinary residual network."""
+    """All layers, reversibly (no stored activations) or as an ordinary residual network.
+
+    grads_owned: the caller promises that the outputs' gradients are buffers nobody else
+    reads (true of `ReformerLM.loss`, whose chunked head is their only consumer), so the
+    reversible backward may work in them instead of in copies (2 x (B, L, dim) less memory).
+    """
     params = layer_parameters(layers)
     needs_grad = torch.is_grad_enabled() and (
         x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in params)
     )
     if reversible and needs_grad:
-        return _ReversibleFunction.apply(x1, x2, layers, key_valid, n_hashes, *params)
+        return _ReversibleFunction.apply(x1, x2, layers, key_valid, n_hashes, grads_owned, *params)
     for layer in layers:
         x1, x2 = layer(x1, x2, key_valid, n_hashes)
     return x1, x2

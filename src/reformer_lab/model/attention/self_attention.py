@@ -69,9 +69,9 @@ class SelfAttention(nn.Module):
         plan: dict | None = None,
         heads: slice | None = None,
     ) -> Tensor:
-        """(B, L, dim) -> (B, L, dim): the output projection of heads `heads` (all by default),
-        without the output bias. The projection is linear in the concatenated heads, so the
-        parts of disjoint head groups add up to the whole (bias aside)."""
+        """(B, L, dim) -> (B, L, dim): the output projection of heads `heads` (all by default).
+        The projection is linear in the concatenated heads, so the parts of disjoint head
+        groups add up to the whole; the group of head 0 carries the output bias."""
         heads = heads if heads is not None else slice(0, self.heads)
         q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
         if self.to_k is None:
@@ -83,4 +83,5 @@ class SelfAttention(nn.Module):
         B, h, L, d = out.shape
         out = out.transpose(1, 2).reshape(B, L, h * d)  # (B, L, h*d)
         w_out = self.to_out.weight[:, heads.start * d : heads.stop * d]  # (dim, h*d)
-        return F.linear(out, w_out)  # (B, L, dim)
+        bias = self.to_out.bias if heads.start == 0 else None
+        return F.linear(out, w_out, bias)  # (B, L, dim), in the matmul's dtype under autocast
