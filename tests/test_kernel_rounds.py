@@ -149,6 +149,50 @@ def test_forward_and_backward_match_torch_rounds(
 
 
 @in_process
+@pytest.mark.parametrize(
+    "B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row",
+    [
+        (1, 2, 64, 16, 16, 3, True, 0.7, True, torch.float32, False),
+        (2, 1, 64, 16, 32, 2, False, None, False, torch.float32, True),  # |x| < eps: clamped
+        (1, 2, 96, 32, 16, 1, True, 0.8, False, torch.float32, False),  # one round
+        (1, 2, 128, 32, 64, 2, True, 0.8, True, torch.bfloat16, False),
+    ],
+)
+def test_shared_qk_keys_normalised_in_the_kernels(
+    B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row
+):
+    """k = None: the kernels form the keys q / max(|q|, 1e-6) themselves and fold the keys'
+    gradient into dq. Oracle: normalize_keys(q) in fp32, autograd through merge_rounds."""
+    from reformer_lab.model.attention.chunked import normalize_keys
+
+    rounds = _rounds(B, H, L, C, R, causal=causal, valid_frac=valid_frac, use_buckets=buckets)
+    q, v = (_heads(B, H, L, d, dtype, "blhd", width=w) for w in (1, 2))
+    if tiny_row:
+        q[0, 0, 5] = 1e-9  # below the normalisation's eps: k = q / eps, dq gets dk / eps
+    dout = _heads(B, H, L, d, dtype, "bhld")
+    q_ref, v_ref = (t.float().requires_grad_() for t in (q, v))
+    ref_out, _ = merge_rounds(q_ref, normalize_keys(q_ref), v_ref, rounds)
+    ref_out.backward(dout.float())
+
+    order, options = _kernel_arguments(rounds, d**-0.5)
+    q, v = q.to(DEVICE), v.to(DEVICE)
+    out, lse, stats = lsh_rounds_forward(q, None, v, order, stats=True, **options)
+    dq, dk, dv = lsh_rounds_backward(
+        q, None, v, order, out=out, lse=lse, stats=stats, dout=dout.to(DEVICE), **options
+    )
+    assert dk is None and dq.stride() == q.stride() and dq.dtype == dtype
+    errors = {
+        "out": _relative_error(out, ref_out),
+        "dq": _relative_error(dq, q_ref.grad),
+        "dv": _relative_error(dv, v_ref.grad),
+    }
+    if tiny_row:
+        errors["dq tiny row"] = _relative_error(dq[0, 0, 5], q_ref.grad[0, 0, 5])
+    bad = {name: e for name, e in errors.items() if not e < TOLERANCE[dtype]}
+    assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad} (all: {errors})"
+
+
+@in_process
 def test_every_position_written_by_each_round():
     """NaN-poisoned accumulators, outputs and statistics: round 0 must write every position
     (later rounds read them back), the last round every output element."""
@@ -242,6 +286,30 @@ def test_rounds_function_fused_equals_torch_path(monkeypatch, use_buckets):
         results[fused] = _through_rounds_function(q, k, v, rounds, dout)
     for name, a, b in zip(("out", "no-grad out", "dq", "dk", "dv"), results[True], results[False]):
         assert _relative_error(a, b) < 2e-5, name
+
+
+@in_process
+def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch):
+    """The whole model, shared QK (keys formed in the kernels), reversible, 2 layers: the same
+    loss and parameter gradients with the fused kernels as with the torch backend."""
+    from reformer_lab.model import ReformerConfig, ReformerLM
+
+    monkeypatch.setattr(lsh_rounds, "FUSED_ON_CPU_UNDER_INTERPRETER", True)
+    tokens = torch.randint(0, 32, (2, 65), device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        cfg = ReformerConfig(
+            vocab_size=32, dim=32, depth=2, heads=2, max_seq_len=64, bucket_size=16,
+            n_hashes=2, dropout=0.0, backend=backend,
+        )  # fmt: skip
+        model = ReformerLM(cfg).to(DEVICE)
+        loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
+        loss.backward()
+        results[backend] = [loss.detach(), *(p.grad for p in model.parameters())]
+    names = ["loss", *(n for n, _ in model.named_parameters())]
+    for name, a, b in zip(names, results["triton"], results["torch"]):
+        assert _relative_error(a, b) < 1e-4, name
 
 
 @in_process

@@ -3,6 +3,10 @@
     out, lse, stats = lsh_rounds_forward(q, k, v, order, ...)           # R launches
     dq, dk, dv = lsh_rounds_backward(q, k, v, order, ..., out, lse, stats, dout)  # 2R + 1
 
+With k = None the keys are the shared-QK ones, q normalised (sec 2), formed inside the kernels
+from the rows of q: no key tensor exists, and the keys' gradient is carried back through the
+normalisation into dq inside the kernels too (the backward then returns dk = None).
+
 The functions compute what `reformer_lab.model.attention.lsh_rounds` computes round by round
 with sorted copies (`merge_rounds`, and the autograd of `attend_round` for the backward), for
 the case without appendix A's duplicate correction. They are plain functions, not autograd:
@@ -117,7 +121,7 @@ def default_round_configs(chunk_size: int, head_dim: int, dtype: torch.dtype):
 
 def lsh_rounds_forward(
     q: Tensor,
-    k: Tensor,
+    k: Tensor | None,
     v: Tensor,
     order: Tensor,
     chunk_size: int,
@@ -132,7 +136,9 @@ def lsh_rounds_forward(
     """Multi-round LSH attention, merged: out (B, H, L, d) in v's dtype and layout, every
     round's log-normaliser lse (B, H, R, L) fp32 at the original positions and, if `stats`,
     the backward's (row max, log row sum) per round, each (B, H, R, L) fp32 (lse = max + log sum).
+    k = None: the keys are q normalised (shared QK).
     """
+    norm_keys, k = k is None, q if k is None else k
     check_rounds_inputs(q, k, v, order, chunk_size, key_valid, buckets)
     from .triton_rounds import launch_round_forward
 
@@ -153,13 +159,14 @@ def lsh_rounds_forward(
             chunk_size=chunk_size, scale=float(scale), causal=bool(causal),
             out_acc=out_acc, lse_acc=lse_acc, lse=lse, stats=row_stats,
             out=out if r == R - 1 else None, config=configs.fwd, interpret=interpreting(),
+            norm_keys=norm_keys,
         )  # fmt: skip
     return out, lse, row_stats
 
 
 def lsh_rounds_backward(
     q: Tensor,
-    k: Tensor,
+    k: Tensor | None,
     v: Tensor,
     order: Tensor,
     chunk_size: int,
@@ -173,14 +180,16 @@ def lsh_rounds_backward(
     key_valid: Tensor | None = None,
     buckets: Tensor | None = None,
     configs=None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of sum(out * dout) w.r.t. q, k, v, in their dtypes and layouts.
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Gradients of sum(out * dout) w.r.t. q, k, v, in their dtypes and layouts; with k = None
+    (keys = q normalised) dq includes the keys' part and dk is None.
 
     out (B, H, L, d), lse and stats: what `lsh_rounds_forward` returned (stats=True); dout
     (B, H, L, d) any strides. Z = logsumexp_r lse and g = <dout, out> are formed once, as
     `lsh_rounds._RoundsFunction.backward` forms them; then a dk/dv launch per round, then a dq
     launch per round.
     """
+    norm_keys, k = k is None, q if k is None else k
     check_rounds_inputs(q, k, v, order, chunk_size, key_valid, buckets)
     if out.shape != q.shape or dout.shape != q.shape:
         raise ValueError(
@@ -204,9 +213,9 @@ def lsh_rounds_backward(
     grad_dot = launch_row_dot(dout, out)  # (B, H, L) g = <dout, out>
     run = dict(
         chunk_size=chunk_size, scale=float(scale), causal=bool(causal), configs=configs,
-        interpret=interpreting(),
+        interpret=interpreting(), norm_keys=norm_keys,
     )  # fmt: skip
-    grads = tuple(torch.empty_like(x) for x in (q, k, v))  # the inputs' layouts
+    grads = (torch.empty_like(q), None if norm_keys else torch.empty_like(k), torch.empty_like(v))
     for h in accumulator_passes(q.shape, R):
         view, packed = (lambda x, h=h: _heads(x, h)), (lambda x, h=h: _heads(x, h, packed=True))
         _backward_heads(
@@ -214,7 +223,7 @@ def lsh_rounds_backward(
             stats=tuple(map(packed, stats)), lse=packed(lse), lse_total=packed(lse_total),
             grad_dot=packed(grad_dot), dout=view(dout), grads=tuple(map(view, grads)), **run,
         )  # fmt: skip
-    return grads  # type: ignore[return-value]
+    return grads
 
 
 ACCUMULATOR_BYTES = 64 << 20
@@ -237,32 +246,35 @@ def _heads(x: Tensor | None, heads: slice, packed: bool = False) -> Tensor | Non
     return x[:, heads].contiguous() if packed else x[:, heads]
 
 
-def _backward_heads(q, k, v, order, key_valid, buckets, *, grads, **run) -> None:
+def _backward_heads(q, k, v, order, key_valid, buckets, *, grads, norm_keys, **run) -> None:
     """The rounds' backward for one group of heads, into `grads` (views of the results).
 
     Two phases, so that fewer fp32 accumulators are alive at once: dk and dv over every round,
     then dq over every round (2 fp32 (B, h, L, d) buffers, not 3; at R = 1 the kernels write
-    the results directly). The same launches as round by round, reordered.
+    the results directly). The same launches as round by round, reordered. With norm_keys
+    the keys' gradient goes into q's accumulator, which the dq phase then completes.
     """
     from .triton_rounds import launch_round_backward
 
     R = order.shape[2]
     dq, dk, dv = grads
-    side = (order, key_valid, buckets)
-    acc = [_fp32_like(q) for _ in range(2)] if R > 1 else [dk, dv]
+    dk = dq if norm_keys else dk  # never written when the keys' gradient folds into dq
+    side, run = (order, key_valid, buckets), dict(run, norm_keys=norm_keys)
+    acc_k = _fp32_like(q) if R > 1 or norm_keys else dk  # norm_keys: q's accumulator
+    acc_v = _fp32_like(v) if R > 1 else dv
     for r in range(R):
-        last = r == R - 1
         launch_round_backward(
-            q, k, v, *side, r, accumulators=(dk, *acc), grads=grads if last else None,
-            parts=("dkdv",), **run,
+            q, k, v, *side, r, accumulators=(acc_k, acc_k, acc_v),
+            grads=(dq, dk, dv) if r == R - 1 else None, parts=("dkdv",), **run,
         )  # fmt: skip
-    del acc
-    dq_acc = _fp32_like(q) if R > 1 else dq
+    del acc_v
+    if not norm_keys:
+        acc_k = None  # dk is complete: its accumulator can go before dq's is made
+    acc_q = acc_k if norm_keys else _fp32_like(q) if R > 1 else dq
     for r in range(R):
-        last = r == R - 1
         launch_round_backward(
-            q, k, v, *side, r, accumulators=(dq_acc, dk, dv), grads=grads if last else None,
-            parts=("dq",), **run,
+            q, k, v, *side, r, accumulators=(acc_q, acc_q, dv),
+            grads=(dq, dk, dv) if r == R - 1 else None, parts=("dq",), **run,
         )  # fmt: skip
 
 

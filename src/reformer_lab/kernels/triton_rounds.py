@@ -70,9 +70,15 @@ def _round_keys(
     L,
     HAS_VALID: tl.constexpr,
     HAS_BUCKETS: tl.constexpr,
+    NORM_KEYS: tl.constexpr,
 ):
     """Key slots offs_n of one round, read at their positions; slots outside [0, L) load as
-    virtual, masked keys (k = v = 0, position -1), like chunk 0's zero-filled look-back."""
+    virtual, masked keys (k = v = 0, position -1), like chunk 0's zero-filled look-back.
+
+    NORM_KEYS: K holds the shared-QK queries and the keys are those rows scaled to unit
+    length, x / max(|x|, 1e-6) (sec 2; `chunked.normalize_keys`); their norms |x| (N,) are
+    returned too, for the backward's fold (zeros when NORM_KEYS is off).
+    """
     real = (offs_n >= 0) & (offs_n < L)  # (N,)
     k_pos = tl.load(ORDER + round_base + offs_n, mask=real, other=-1)  # (N,) positions
     k = tl.load(
@@ -81,13 +87,19 @@ def _round_keys(
     v = tl.load(
         V_HEAD + k_pos[:, None] * v_sl + offs_d[None, :] * v_sd, mask=real[:, None], other=0.0
     )  # (N, D)
+    if NORM_KEYS:
+        kf = k.to(tl.float32)
+        k_norm = tl.sqrt(tl.sum(kf * kf, 1))  # (N,)
+        k = (kf / tl.maximum(k_norm, 1e-6)[:, None]).to(K_HEAD.dtype.element_ty)
+    else:
+        k_norm = offs_n * 0.0
     k_ok = real
     if HAS_VALID:
         k_ok = k_ok & (tl.load(VALID_ROW + k_pos, mask=real, other=0) != 0)
     k_bkt = k_pos
     if HAS_BUCKETS:
         k_bkt = tl.load(BKT + round_base + k_pos, mask=real, other=-1)
-    return k, v, k_pos, k_ok, k_bkt
+    return k, v, k_pos, k_ok, k_bkt, k_norm
 
 
 @triton.jit
@@ -214,6 +226,7 @@ def _round_fwd_kernel(
     CAUSAL: tl.constexpr,
     HAS_VALID: tl.constexpr,
     HAS_BUCKETS: tl.constexpr,
+    NORM_KEYS: tl.constexpr,
     STATS: tl.constexpr,
     FIRST: tl.constexpr,
     LAST: tl.constexpr,
@@ -250,9 +263,9 @@ def _round_fwd_kernel(
     k_lo = (q_start // C) * C - C  # first key slot of the window (< 0 for chunk 0: virtual)
     for i in range(STEPS):
         offs_n = k_lo + i * STEP + tl.arange(0, STEP)  # (N,) key slots
-        k, v, k_pos, k_ok, k_bkt = _round_keys(
+        k, v, k_pos, k_ok, k_bkt, _ = _round_keys(
             k_head, v_head, ORDER, valid_row, BKT, round_base, offs_n, offs_d,
-            k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS,
+            k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS, NORM_KEYS,
         )  # fmt: skip
         k_chunk = (offs_n + C) // C - 1  # (N,) -1 for the virtual look-back of chunk 0
         visible = (k_chunk[None, :] == q_chunk[:, None]) | (
@@ -402,14 +415,19 @@ def _round_dkdv_kernel(
     CAUSAL: tl.constexpr,
     HAS_VALID: tl.constexpr,
     HAS_BUCKETS: tl.constexpr,
+    NORM_KEYS: tl.constexpr,
     FIRST: tl.constexpr,
     LAST: tl.constexpr,
+    DK_LAST: tl.constexpr,
     UPCAST: tl.constexpr,
     FP32_ACCURATE: tl.constexpr,
 ):
     """Round r's dk, dv for TILE key slots; walks the query slots of their chunk and the next.
 
-    Scores are held transposed, (keys N, queries M), so dv and dk are plain products.
+    Scores are held transposed, (keys N, queries M), so dv and dk are plain products. With
+    NORM_KEYS, dk is carried back through the keys' normalisation k = x / |x| to the rows x
+    themselves, dx = (dk - k <k, dk>) / |x| (dk / 1e-6 where |x| <= 1e-6), and added into DK_ACC,
+    which is then the queries' accumulator: the dq launches add to it (DK_LAST is off).
     """
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -422,9 +440,9 @@ def _round_dkdv_kernel(
     k_start = tl.program_id(0) * TILE
     offs_n = k_start + tl.arange(0, TILE)  # (N,) key slots
     offs_d = tl.arange(0, D)
-    k, v, k_pos, k_ok, k_bkt = _round_keys(
+    k, v, k_pos, k_ok, k_bkt, k_norm = _round_keys(
         K + b * k_sb + h * k_sh, V + b * v_sb + h * v_sh, ORDER, VALID + b * L, BKT, round_base,
-        offs_n, offs_d, k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS,
+        offs_n, offs_d, k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS, NORM_KEYS,
     )  # fmt: skip
     k_chunk = offs_n // C  # (N,)
     dk = tl.zeros([TILE, D], tl.float32)
@@ -454,9 +472,14 @@ def _round_dkdv_kernel(
 
     k_in = offs_n < L
     acc_base = row_base * D
+    dk = dk * scale
+    if NORM_KEYS:
+        kf = k.to(tl.float32)
+        radial = tl.where(k_norm > 1e-6, tl.sum(kf * dk, 1), 0.0)  # (N,) <k, dk>
+        dk = (dk - kf * radial[:, None]) / tl.maximum(k_norm, 1e-6)[:, None]
     _store_rows(
-        DK_ACC, DK + b * dk_sb + h * dk_sh, acc_base, k_pos, offs_d, k_in, dk * scale,
-        dk_sl, dk_sd, D, FIRST, LAST,
+        DK_ACC, DK + b * dk_sb + h * dk_sh, acc_base, k_pos, offs_d, k_in, dk,
+        dk_sl, dk_sd, D, FIRST, DK_LAST,
     )  # fmt: skip
     _store_rows(
         DV_ACC, DV + b * dv_sb + h * dv_sh, acc_base, k_pos, offs_d, k_in, dv,
@@ -514,6 +537,7 @@ def _round_dq_kernel(
     CAUSAL: tl.constexpr,
     HAS_VALID: tl.constexpr,
     HAS_BUCKETS: tl.constexpr,
+    NORM_KEYS: tl.constexpr,
     FIRST: tl.constexpr,
     LAST: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -543,9 +567,9 @@ def _round_dq_kernel(
     k_lo = (q_start // C) * C - C  # chunk 0's virtual look-back: k = 0, masked, adds nothing
     for i in range(STEPS):
         offs_n = k_lo + i * STEP + tl.arange(0, STEP)  # (N,) key slots
-        k, v, k_pos, k_ok, k_bkt = _round_keys(
+        k, v, k_pos, k_ok, k_bkt, _ = _round_keys(
             k_head, v_head, ORDER, valid_row, BKT, round_base, offs_n, offs_d,
-            k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS,
+            k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS, NORM_KEYS,
         )  # fmt: skip
         k_chunk = (offs_n + C) // C - 1
         visible = (k_chunk[None, :] == q_chunk[:, None]) | (
@@ -598,11 +622,13 @@ def launch_round_forward(
     out: Tensor | None,
     config: TileConfig,
     interpret: bool,
+    norm_keys: bool = False,
 ) -> None:
     """Round r, checked inputs (rounds.py): q, k, v (B, H, L, d) any strides; order, buckets,
     lse and stats (B, H, R, L) contiguous; key_valid (B, L) uint8; out_acc (B, H, L, d) and
-    lse_acc (2, B, H, L) fp32 contiguous (running max, running mass). Round 0 writes the accumulators; `out` given makes
-    this the last round: it receives the merged output instead of the accumulators."""
+    lse_acc (2, B, H, L) fp32 contiguous (running max, running mass). Round 0 writes the
+    accumulators; `out` given makes this the last round: it receives the merged output
+    instead of the accumulators. norm_keys: k is q, and the keys are its rows normalised."""
     B, H, L, D = q.shape
     R = order.shape[2]
     last = out is not None
@@ -623,6 +649,7 @@ def launch_round_forward(
         CAUSAL=causal,
         HAS_VALID=key_valid is not None,
         HAS_BUCKETS=buckets is not None,
+        NORM_KEYS=norm_keys,
         STATS=stats is not None,
         FIRST=r == 0,
         LAST=last,
@@ -664,12 +691,18 @@ def launch_round_backward(
     configs: KernelConfigs,
     interpret: bool,
     parts: tuple[str, ...] = ("dkdv", "dq"),
+    norm_keys: bool = False,
 ) -> None:
     """Round r's dq, dk, dv added into `accumulators` (fp32 (B, H, L, d) contiguous; round 0
     writes them); `grads` given (any strides, any float dtype) makes this the last round:
     they receive accumulators + this round's part. lse_total: the log round weights
     log_softmax_r(z) (B, H, R, L) fp32; grad_dot (B, H, L) fp32
-    contiguous; dout (B, H, L, d) any strides. `parts` lets a benchmark time one kernel."""
+    contiguous; dout (B, H, L, d) any strides. `parts` lets a benchmark time one kernel.
+
+    norm_keys: k is q and the keys are its rows normalised; the keys' gradient is folded
+    into the queries' one, so dk's accumulator must be dq's (dk itself is never written):
+    round 0's dk/dv launch writes it, the dq launches only add, and the last dq launch
+    writes dq. The dk/dv launch of a round must precede its dq launch."""
     B, H, L, D = q.shape
     R = order.shape[2]
     last = grads is not None
@@ -682,16 +715,24 @@ def launch_round_backward(
         CAUSAL=causal,
         HAS_VALID=key_valid is not None,
         HAS_BUCKETS=buckets is not None,
-        FIRST=r == 0,
+        NORM_KEYS=norm_keys,
         LAST=last,
         **_flags(q, interpret),
     )
+    if norm_keys and dk_acc is not dq_acc:
+        raise ValueError("with norm_keys, dk's accumulator must be dq's (the fold adds into it)")
     launches = {
-        "dkdv": (_round_dkdv_kernel, configs.dkdv, (dk_acc, dv_acc, dk, dv), (dk, dv)),
-        "dq": (_round_dq_kernel, configs.dq, (dq_acc, dq), (dq,)),
-    }
+        "dkdv": (
+            _round_dkdv_kernel, configs.dkdv, (dk_acc, dv_acc, dk, dv), (dk, dv),
+            dict(FIRST=r == 0, DK_LAST=last and not norm_keys),
+        ),
+        "dq": (
+            _round_dq_kernel, configs.dq, (dq_acc, dq), (dq,),
+            dict(FIRST=r == 0 and not norm_keys),
+        ),
+    }  # fmt: skip
     for part in parts:
-        kernel, cfg, results, strided = launches[part]
+        kernel, cfg, results, strided, flags = launches[part]
         kernel[(triton.cdiv(L, cfg.tile), B * H)](
             *inputs,
             *results,
@@ -705,4 +746,5 @@ def launch_round_backward(
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
             **common,
+            **flags,
         )  # fmt: skip

@@ -30,6 +30,8 @@ EVAL_STEP = -1  # the step id of the fixed eval rotations
 class LSHAttentionCore(nn.Module):
     """(B, H, L, d) queries, keys, values -> (B, H, L, d), L a multiple of bucket_size.
 
+    Keys None: the shared-QK keys, the queries normalised (sec 2), formed where they are used.
+
     `plan` is a per-call dict in which the sort order is stored the first time and read back
     when the reversible backward recomputes the layer, so it sees the very same buckets.
     """
@@ -107,7 +109,7 @@ class LSHAttentionCore(nn.Module):
     def forward(
         self,
         q: Tensor,
-        k: Tensor,
+        k: Tensor | None,
         v: Tensor,
         key_valid: Tensor | None,
         *,

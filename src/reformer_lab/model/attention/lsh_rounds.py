@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .backend import chunked_attention
-from .chunked import look_back
+from .chunked import look_back, normalize_keys
 
 
 @dataclass
@@ -159,8 +159,9 @@ FUSED_ON_CPU_UNDER_INTERPRETER = False
 """Tests set this to run the fused kernels on CPU tensors under TRITON_INTERPRET=1."""
 
 
-def fused_kernels_usable(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> bool:
+def fused_kernels_usable(q: Tensor, k: Tensor | None, v: Tensor, rounds: HashRounds) -> bool:
     """True when the fused round kernels compute this call (see the module docstring)."""
+    k = q if k is None else k  # shared-QK keys have q's shape and dtype
     if not USE_FUSED_ROUNDS or rounds.backend not in ("auto", "triton"):
         return False
     if rounds.dedup and rounds.n_rounds > 1:  # the duplicate correction is a score bias
@@ -249,8 +250,15 @@ class _RoundsFunction(torch.autograd.Function):
         return (grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype), None)
 
 
-def attend_all_rounds(q: Tensor, k: Tensor, v: Tensor, rounds: HashRounds) -> Tensor:
-    """Multi-round LSH attention: (B, H, L, d) queries, keys, values -> (B, H, L, d)."""
+def attend_all_rounds(q: Tensor, k: Tensor | None, v: Tensor, rounds: HashRounds) -> Tensor:
+    """Multi-round LSH attention: (B, H, L, d) queries, keys, values -> (B, H, L, d).
+
+    k = None: the shared-QK keys, q normalised (sec 2). The fused kernels form them from the
+    rows of q as they read them, so no key tensor is stored for the backward pass and the
+    keys' gradient reaches dq inside the kernels; the torch path forms them here.
+    """
+    if k is None and not fused_kernels_usable(q, k, v, rounds):
+        k = normalize_keys(q)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _RoundsFunction.apply(q, k, v, rounds)
     if fused_kernels_usable(q, k, v, rounds):

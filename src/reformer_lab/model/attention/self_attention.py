@@ -51,6 +51,8 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(cfg.dim, inner, bias=False)
         self.to_out = nn.Linear(inner, cfg.dim)
         self.core = build_core(cfg, kind, layer_index)
+        # The LSH core forms shared-QK keys itself (in its fused kernels where they run).
+        self.keys_in_core = cfg.shared_qk and kind == "lsh"
 
     def split_heads(self, x: Tensor) -> Tensor:  # (B, L, h*d) -> (B, h, L, d)
         B, L, _ = x.shape
@@ -75,7 +77,7 @@ class SelfAttention(nn.Module):
         heads = heads if heads is not None else slice(0, self.heads)
         q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
         if self.to_k is None:
-            k = normalize_keys(q)
+            k = None if self.keys_in_core else normalize_keys(q)
         else:
             k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
         v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
