@@ -75,7 +75,7 @@ from reformer_lab.kernels import triton_chunked as tc  # noqa: E402
 from reformer_lab.kernels import triton_rounds as tr  # noqa: E402
 from reformer_lab.kernels.rounds import default_round_configs  # noqa: E402
 from reformer_lab.model.attention import lsh_rounds  # noqa: E402
-from reformer_lab.model.attention.chunked import chunked_attention_torch  # noqa: E402
+from reformer_lab.model.attention.chunked import chunked_attention_torch, normalize_keys  # noqa: E402
 from reformer_lab.model.attention.lsh_rounds import HashRounds, merge_rounds  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -345,7 +345,7 @@ def fused_options(rounds: HashRounds, d: int) -> dict:
 
 
 def fused_rounds(q, k, v, rounds, dout, configs=None) -> list:
-    """[out, lse, dq, dk, dv] from the fused round kernels."""
+    """[out, lse, dq, dk, dv] from the fused round kernels (k = None: shared-QK keys; dk None)."""
     opts = fused_options(rounds, q.shape[-1])
     out, lse, stats = kernels.lsh_rounds_forward(
         q, k, v, rounds.order, stats=True, configs=configs, **opts
@@ -409,8 +409,38 @@ def check_rounds_case(shape, causal, dtype, valid_frac, use_buckets, configs=Non
     return dict(ok=ok, errors=errors, old_errors=old_errors)
 
 
+def check_shared_qk_case(shape, dtype) -> dict:
+    """k = None (keys normalised from q inside the kernels, dk folded into dq) against the fp32
+    torch path with normalize_keys(q): out, lse, dq, dv."""
+    s = shape_of(shape)
+    q, _, v, rounds = round_inputs(
+        **s, dtype=dtype, causal=True, valid_frac=None, use_buckets=False
+    )
+    dout = torch.randn(s["B"], s["H"], s["L"], s["d"], device=DEVICE).to(dtype)
+    leaves = [t.detach().float().requires_grad_() for t in (q, v)]
+    ref_out, ref_lse = merge_rounds(leaves[0], normalize_keys(leaves[0]), leaves[1], rounds)
+    ref_out.backward(dout.float())
+    got = fused_rounds(q, None, v, rounds, dout)  # [out, lse, dq, None, dv]
+    ref = [ref_out.detach(), ref_lse, leaves[0].grad, None, leaves[1].grad]
+    names = ("out", "lse", "dq", "dk", "dv")
+    errors = {n: relative_error(a, b) for n, a, b in zip(names, got, ref) if b is not None}
+    del got, ref, leaves
+    free_memory()
+    return dict(ok=all(e < TOLERANCE[dtype] for e in errors.values()), errors=errors)
+
+
 def run_round_checks() -> list[str]:
     rows = []
+    for shape in ("base", "tiny"):
+        r = check_shared_qk_case(shape, torch.bfloat16)
+        label = "{} shared-QK B={B} H={H} L={L} d={d} C={C} R={R} causal bf16".format(
+            shape, **shape_of(shape)
+        )
+        if not r["ok"]:
+            FAILURES.append(f"rounds {label}: {r['errors']}")
+        errs = " ".join(f"{n}={e:.1e}" for n, e in r["errors"].items())
+        rows.append(f"{'ok ' if r['ok'] else 'BAD'} {label:58s} {errs}")
+        print(rows[-1], flush=True)
     for case in ROUND_CHECKS:
         shape, causal, dtype, valid_frac, use_buckets = case
         s = shape_of(shape)

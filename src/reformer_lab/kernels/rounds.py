@@ -226,7 +226,7 @@ def lsh_rounds_backward(
     return grads
 
 
-ACCUMULATOR_BYTES = 64 << 20
+ACCUMULATOR_BYTES = 32 << 20
 """Memory for the backward's fp32 round accumulators: heads are taken in passes that fit."""
 
 

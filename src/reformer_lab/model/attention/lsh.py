@@ -122,7 +122,7 @@ class LSHAttentionCore(nn.Module):
         C = self.bucket_size
         key = f"order{heads.start}"
         if plan is not None and key in plan:
-            order = plan[key].long()  # (B, h, R, L)
+            order = plan[key]  # (B, h, R, L) int32
             buckets = plan.get(f"buckets{heads.start}")
             R = order.shape[2]
         else:
@@ -138,9 +138,11 @@ class LSHAttentionCore(nn.Module):
                 buckets = self.buckets(q.detach(), key_valid, R, heads, step)  # (B, h, R, L)
                 # Sort by (bucket, position): a stable sort of the buckets keeps positions in
                 # order within each bucket (bucket ids stay far below 2^31).
+                # int32: the fused kernels read it so, the torch path widens one round at a time
                 order = torch.sort(buckets.to(torch.int32), dim=-1, stable=True).indices
+                order = order.to(torch.int32)
             if plan is not None:
-                plan[key] = order.to(torch.int32)
+                plan[key] = order
                 if not self.attend_across_buckets:
                     plan[f"buckets{heads.start}"] = buckets
 

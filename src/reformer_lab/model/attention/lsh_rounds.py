@@ -33,7 +33,7 @@ from .chunked import look_back, normalize_keys
 class HashRounds:
     """Everything about the hashing that a forward and its recomputation share."""
 
-    order: Tensor  # (B, H, R, L) positions sorted by (bucket, position), per round
+    order: Tensor  # (B, H, R, L) int32 or int64: positions sorted by (bucket, position), per round
     key_valid: Tensor | None  # (B, L) bool
     buckets: Tensor | None  # (B, H, R, L), only when keys of other buckets are masked
     chunk_size: int
@@ -67,6 +67,7 @@ def duplicate_correction(order: Tensor, r: int, chunk_size: int, dtype: torch.dt
     """
     B, H, R, L = order.shape
     C, n = chunk_size, L // chunk_size
+    order = order.long()
     chunk_of = inverse_permutation(order) // C  # (B, H, R, L): chunk of each position per round
     slots = order[:, :, r]  # (B, H, L): the positions in round r's sorted slots
     counts = torch.zeros(B * H, n, C, 2 * C, dtype=torch.int32, device=order.device)
@@ -101,7 +102,7 @@ def attend_round(
 ) -> tuple[Tensor, Tensor]:
     """One hash round: (B, H, L, d) x3 -> o_r (B, H, L, d) and z_r (B, H, L) fp32."""
     B, H, L, d = q.shape
-    order = rounds.order[:, :, r]  # (B, H, L)
+    order = rounds.order[:, :, r].long()  # (B, H, L)
     valid = None
     if rounds.key_valid is not None:
         valid = rounds.key_valid[:, None, :].expand(B, H, L).gather(2, order).reshape(B * H, L)
