@@ -31,21 +31,10 @@ from reformer_lab.model import ReformerConfig, ReformerLM
 from reformer_lab.model.attention import lsh_rounds
 
 
-def build(
-    config: str, seq: int, depth: int | None, ff_chunks: int, attn_chunks: int = 1
-) -> ReformerLM:
-    sizes = dict(SIZES[config])
-    if depth is not None:
-        sizes["depth"] = depth
-    cfg = ReformerConfig(
-        vocab_size=256,
-        max_seq_len=seq,
-        axial_shape=axial(seq),
-        backend="triton",
-        ff_chunks=ff_chunks,
-        attn_chunks=attn_chunks,
-        **sizes,
-    )
+def build(config: str, seq: int, **overrides) -> ReformerLM:
+    """profile_step.py's model on the CPU; `overrides`: ReformerConfig fields (depth, ...)."""
+    options = dict(SIZES[config], backend="triton", **overrides)
+    cfg = ReformerConfig(vocab_size=256, max_seq_len=seq, axial_shape=axial(seq), **options)
     return ReformerLM(cfg)
 
 
@@ -74,10 +63,10 @@ def kernels_skipped() -> Iterator[None]:
             setattr(triton_rounds, n, kernel)
 
 
-def measure(config: str, seq: int, depth: int | None, ff_chunks: int, attn_chunks: int = 1) -> dict:
+def measure(config: str, seq: int, **overrides) -> dict:
     """Peak bytes after the forward pass and over the step (second step; the first warms up)."""
     torch.manual_seed(0)
-    model = build(config, seq, depth, ff_chunks, attn_chunks)
+    model = build(config, seq, **overrides)
     tokens = torch.randint(0, 256, (1, seq + 1))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -123,6 +112,7 @@ def main() -> None:
         help="FF chunks per sequence (2: as the benchmark at 64K, 32K positions per chunk)",
     )
     parser.add_argument("--attn-chunks", type=int, default=1, help="attention head groups")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="positions per loss chunk")
     parser.add_argument(
         "--run-kernels",
         action="store_true",
@@ -133,14 +123,17 @@ def main() -> None:
     if os.environ.get("TRITON_INTERPRET") != "1":
         parser.error("set TRITON_INTERPRET=1 so the fused kernels run on the CPU")
     lsh_rounds.FUSED_ON_CPU_UNDER_INTERPRETER = True
+    overrides = dict(
+        ff_chunks=args.ff_chunks, attn_chunks=args.attn_chunks, loss_chunk_size=args.loss_chunk
+    )
+    if args.depth is not None:
+        overrides["depth"] = args.depth
     with contextlib.nullcontext() if args.run_kernels else kernels_skipped():
-        rows = [
-            measure(args.config, seq, args.depth, args.ff_chunks, args.attn_chunks)
-            for seq in sorted(args.seq)
-        ]
+        rows = [measure(args.config, seq, **overrides) for seq in sorted(args.seq)]
     print(
         f"# {args.config}, depth {args.depth or SIZES[args.config]['depth']}, "
-        f"ff_chunks {args.ff_chunks}, attn_chunks {args.attn_chunks}, CPU, live bytes, "
+        f"ff_chunks {args.ff_chunks}, attn_chunks {args.attn_chunks}, "
+        f"loss_chunk {args.loss_chunk or 'default'}, CPU, live bytes, "
         f"kernels {'run' if args.run_kernels else 'skipped'}"
     )
     print("seq      forward_MB  step_MB  weights_MB  largest storages alive at the peak (MB, op)")

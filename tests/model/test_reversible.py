@@ -165,3 +165,27 @@ def test_incoming_gradients_are_overwritten_only_when_they_are_separate_buffers(
     assert not writable(both[..., :4], both[..., 2:6])  # overlapping
     assert not writable(torch.zeros(4).expand(2, 5, 4), torch.zeros(2, 5, 4))  # broadcast
     assert not writable(both[..., 0:4:2], both[..., 1:5:2])  # interleaved columns
+
+
+@pytest.mark.parametrize("attn_chunks", [1, 2])
+def test_attention_branch_recompute_writes_into_the_streams(attn_chunks):
+    """recompute_backward subtracts F(x) from y and adds dF/dx^T grad into dx in place, group by
+    group, with the forward's dropout mask replayed; parameter gradients are returned."""
+    from reformer_lab.model.lm import AttentionBranch
+    from reformer_lab.model.reversible import RngState
+
+    torch.manual_seed(0)
+    cfg = tiny(attention="local", heads=4, dim=16, attn_chunks=attn_chunks, dropout=0.3)
+    branch = AttentionBranch(cfg, "local", 0).double().train()
+    x = torch.randn(2, 32, 16, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 32, 16, dtype=torch.float64)
+    rng = RngState(x.device)
+    f = branch(x, None)  # the forward pass, its dropout drawn after `rng`
+    expected = torch.autograd.grad(f, [x, *branch.parameters()], grad)
+    y, dx = torch.randn_like(grad), torch.randn_like(grad)
+    y0, dx0 = y.clone(), dx.clone()
+    params = branch.recompute_backward(x.detach(), grad, None, None, {}, rng, y=y, dx=dx)
+    torch.testing.assert_close(y, y0 - f.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dx, dx0 + expected[0], rtol=1e-10, atol=1e-12)
+    for got, want in zip(params, expected[1:]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -76,39 +76,43 @@ class AttentionBranch(nn.Module):
         n_hashes: int | None,
         plan: dict,
         rng: RngState | None,
-    ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
-        """Recompute F(x) group by group and differentiate it against `grad` as we go.
+        *,
+        y: Tensor,
+        dx: Tensor,
+    ) -> list[Tensor | None]:
+        """Recompute F(x) head group by head group and differentiate it against `grad`, IN
+        PLACE: each group's share of F(x) is subtracted from y (Y1 -> X1) and its dF/dx^T grad
+        added into dx (dY2 -> dX2) as soon as it exists. Returns the parameter gradients in
+        `self.parameters()` order.
 
-        Returns F(x) (no graph; the forward's very bits, dropout replayed), dF/dx^T grad and
-        the parameter gradients in `self.parameters()` order. Only one head group's graph
-        exists at a time.
+        Only one head group's graph and output exist at a time: neither the sum of the
+        groups' outputs nor a separate input gradient is kept (each an fp32 (B, L, dim)).
+        With one group, exactly the forward's F(x) is subtracted (its dropout mask replayed).
         """
         params = list(self.parameters())
         param_grads: list[Tensor | None] = [None] * len(params)
         x = x.detach().requires_grad_()
-        dx: Tensor | None = None
-        out: Tensor | None = None
-        grad_pre: Tensor | None = None
-        dropping = isinstance(self.dropout, nn.Dropout) and self.training
+        scale: Tensor | None = None  # the forward's dropout: kept / (1 - p), replayed
         for heads in self.head_groups:
             with torch.enable_grad():
                 part = self.group(x, heads, key_valid, n_hashes, plan)  # (B, L, dim)
-            out = add_part(out, part.detach())
-            if grad_pre is None:  # through the dropout mask of the forward pass, replayed
-                grad_pre = grad
-                if dropping:  # the mask drawn for a tensor like the forward's, kept as bool
-                    with replaying(rng):
-                        kept = self.dropout(torch.ones_like(out)) != 0
-                    grad_pre = grad * kept / (1 - self.dropout.p)
-            grads = torch.autograd.grad(part, [x, *params], grad_pre, allow_unused=True)
-            dx = grads[0] if dx is None else dx + grads[0]
+            # The forward's dropout input: the part itself, or (several groups) their fp32 sum.
+            wide = torch.promote_types(part.dtype, torch.float32)
+            dropped = part.dtype if len(self.head_groups) == 1 else wide
+            if heads.start == 0 and isinstance(self.dropout, nn.Dropout) and self.training:
+                with replaying(rng):
+                    kept = self.dropout(torch.ones_like(part, dtype=dropped)) != 0
+                scale = kept.to(wide) / (1 - self.dropout.p)
+            if scale is None:
+                y -= part.detach()
+                grads = torch.autograd.grad(part, [x, *params], grad, allow_unused=True)
+            else:
+                y -= (part.detach() * scale).to(dropped)
+                grads = torch.autograd.grad(part, [x, *params], grad * scale, allow_unused=True)
+            dx += grads[0]
             param_grads = [add_grads(a, b) for a, b in zip(param_grads, grads[1:])]
             del part, grads
-        assert out is not None and dx is not None
-        if dropping:
-            with replaying(rng):
-                out = self.dropout(out)
-        return out, dx, param_grads
+        return param_grads
 
 
 def add_part(out: Tensor | None, part: Tensor) -> Tensor:

@@ -121,12 +121,11 @@ class ReversibleLayer(nn.Module):
                 g_grads = [add_grads(a, b) for a, b in zip(g_grads, grads[1:])]
                 del g_out, grads
         # X1 = Y1 - F(X2) and dX2 = dY2 + dF/dX2^T dX1, with dX1 = dY1 (now complete); the
-        # branch recomputes itself head group by head group (AttentionBranch).
-        f_out, dx2_from_f, f_grads = self.f.recompute_backward(
-            y2, dy1, key_valid, n_hashes, record.plan, record.rng_f
+        # branch recomputes itself head group by head group (AttentionBranch), writing into
+        # y1 (now x1) and dy2 (now dx2) as it goes.
+        f_grads = self.f.recompute_backward(
+            y2, dy1, key_valid, n_hashes, record.plan, record.rng_f, y=y1, dx=dy2
         )
-        y1 -= f_out  # y1 now holds x1
-        dy2 += dx2_from_f  # dy2 now holds dx2
         return [*f_grads, *g_grads]
 
 
