@@ -111,7 +111,12 @@ def main() -> None:
         default=2,
         help="FF chunks per sequence (2: as the benchmark at 64K, 32K positions per chunk)",
     )
-    parser.add_argument("--attn-chunks", type=int, default=1, help="attention head groups")
+    parser.add_argument(
+        "--attn-chunks",
+        type=lambda a: a if a == "auto" else int(a),
+        default=1,
+        help="attention head groups, or auto",
+    )
     parser.add_argument("--loss-chunk", type=int, default=None, help="positions per loss chunk")
     parser.add_argument(
         "--run-kernels",

@@ -207,6 +207,8 @@ def test_axial_positions_for_images_are_row_column_channel():
         (dict(n_buckets=5), "even"),
         (dict(axial_shape=(8, 16), axial_dims=(8, 4)), "sum to dim"),
         (dict(dropout=1.5), "dropout"),
+        (dict(attn_chunks="many"), "attn_chunks"),
+        (dict(attn_chunks=0), "attn_chunks"),
     ],
 )
 def test_config_rejects_contradictions_with_a_message(overrides, message):

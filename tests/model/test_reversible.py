@@ -189,3 +189,25 @@ def test_attention_branch_recompute_writes_into_the_streams(attn_chunks):
     torch.testing.assert_close(dx, dx0 + expected[0], rtol=1e-10, atol=1e-12)
     for got, want in zip(params, expected[1:]):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_head_groups_follow_the_input_size(monkeypatch):
+    """attn_chunks="auto": base-sized heads (8 of d 64) in one group at 64K tokens, four at
+    256K, one at a time at 1M; and grouped by auto, the model computes what it computes whole."""
+    from reformer_lab.model import lm
+
+    branch = lm.AttentionBranch(tiny(dim=512, heads=8, attn_chunks="auto"), "lsh", 0)
+    sizes = {n: len(branch.head_groups(torch.empty(1, n, 512, device="meta"))) for n in (
+        1 << 16, 1 << 18, 1 << 20)}  # fmt: skip
+    assert sizes == {1 << 16: 1, 1 << 18: 4, 1 << 20: 8}
+
+    monkeypatch.setattr(lm, "AUTO_GROUP_ELEMENTS", 6 * 2 * 37 * 8)  # one head per group here
+    whole = ReformerLM(tiny(attn_chunks=1, dropout=0.0)).double()
+    auto = ReformerLM(tiny(attn_chunks="auto", dropout=0.0)).double()
+    auto.load_state_dict(whole.state_dict())
+    assert len(auto.layers[0].f.head_groups(torch.empty(2, 40, 16))) == 2
+    tokens = torch.randint(0, 17, (2, 37))
+    _, grads_whole = loss_and_grads(whole, tokens)
+    _, grads_auto = loss_and_grads(auto, tokens)
+    for name, g in grads_whole.items():
+        torch.testing.assert_close(grads_auto[name], g, rtol=1e-9, atol=1e-12)

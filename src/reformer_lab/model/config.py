@@ -57,10 +57,13 @@ class ReformerConfig:
     """Reversible residual layers (sec 3); False gives the same network with stored activations."""
     ff_chunks: int = 1
     """Feed-forward applied to this many sequence chunks one at a time (sec 3, 'chunking')."""
-    attn_chunks: int = 1
+    attn_chunks: int | str = "auto"
     """Attention computed for this many groups of heads one at a time, in the forward pass and
     in the reversible recomputation, so only heads / attn_chunks heads' activations exist at
-    once (reformer-pytorch chunks the batch under this name; heads bound memory at batch 1)."""
+    once (reformer-pytorch chunks the batch under this name; heads bound memory at batch 1).
+    "auto": as many groups as keep one group's activations within 2^28 elements (512 MiB in
+    bf16) at the input's size: one group up to 64K tokens at d 512, four at 256K, one head
+    at a time from 1M (more groups mean more, smaller kernels)."""
     loss_chunk_size: int | None = None
     """Positions per chunk in `ReformerLM.loss`: the (seq, vocab) logits never exist at once.
     None: as many as keep a chunk's logits at 2^24 floats (65536 positions for bytes)."""
@@ -137,7 +140,6 @@ class ReformerConfig:
             "bucket_size",
             "n_hashes",
             "ff_chunks",
-            "attn_chunks",
         ):
             value = getattr(self, name)
             need(
@@ -156,8 +158,10 @@ class ReformerConfig:
             f"loss_chunk_size must be a positive integer or None, got {self.loss_chunk_size!r}",
         )
         need(
-            self.attn_chunks <= self.heads,
-            f"attn_chunks={self.attn_chunks} exceeds heads={self.heads}: at most one group per head",
+            self.attn_chunks == "auto"
+            or (isinstance(self.attn_chunks, int) and 1 <= self.attn_chunks <= self.heads),
+            f"attn_chunks must be 'auto' or an integer in 1..heads={self.heads} (at most one "
+            f"group per head), got {self.attn_chunks!r}",
         )
         need(
             self.bucket_size & (self.bucket_size - 1) == 0,

@@ -36,6 +36,10 @@ class LMLoss(NamedTuple):
     """How many counted targets are the argmax prediction (int64)."""
 
 
+AUTO_GROUP_ELEMENTS = 1 << 28
+"""attn_chunks="auto": the activation elements one head group may hold (512 MiB in bf16)."""
+
+
 class AttentionBranch(nn.Module):
     """F(x) = Dropout(Attention(LayerNorm(x))), heads computed in `attn_chunks` groups.
 
@@ -49,9 +53,18 @@ class AttentionBranch(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.attention = SelfAttention(cfg, kind, layer_index)
         self.dropout = dropout_layer(cfg.dropout)
-        self.head_groups = [
-            slice(s.start, s.stop) for s in sequence_chunks(cfg.heads, cfg.attn_chunks)
-        ]
+        self.heads, self.head_dim, self.attn_chunks = cfg.heads, cfg.head_dim, cfg.attn_chunks
+
+    def head_groups(self, x: Tensor) -> list[slice]:
+        """The head groups computed one at a time for input x (B, L, dim): `attn_chunks` of
+        them, or with "auto" as many as keep a group's activations (q, v, the output, their
+        gradients: ~6 (B, L, d) per head) within AUTO_GROUP_ELEMENTS."""
+        chunks = self.attn_chunks
+        if chunks == "auto":
+            per_head = 6 * x.shape[0] * x.shape[1] * self.head_dim
+            heads_per_group = max(1, AUTO_GROUP_ELEMENTS // per_head)
+            chunks = -(-self.heads // heads_per_group)
+        return [slice(s.start, s.stop) for s in sequence_chunks(self.heads, chunks)]
 
     def group(self, x: Tensor, heads: slice, key_valid: Tensor | None, n_hashes, plan) -> Tensor:
         """One head group's share of the pre-dropout output (the first group's has the bias),
@@ -64,7 +77,7 @@ class AttentionBranch(nn.Module):
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         out = None
-        for heads in self.head_groups:
+        for heads in self.head_groups(x):
             out = add_part(out, self.group(x, heads, key_valid, n_hashes, plan))  # (B, L, dim)
         return self.dropout(out)
 
@@ -93,12 +106,13 @@ class AttentionBranch(nn.Module):
         param_grads: list[Tensor | None] = [None] * len(params)
         x = x.detach().requires_grad_()
         scale: Tensor | None = None  # the forward's dropout: kept / (1 - p), replayed
-        for heads in self.head_groups:
+        groups = self.head_groups(x)
+        for heads in groups:
             with torch.enable_grad():
                 part = self.group(x, heads, key_valid, n_hashes, plan)  # (B, L, dim)
             # The forward's dropout input: the part itself, or (several groups) their fp32 sum.
             wide = torch.promote_types(part.dtype, torch.float32)
-            dropped = part.dtype if len(self.head_groups) == 1 else wide
+            dropped = part.dtype if len(groups) == 1 else wide
             if heads.start == 0 and isinstance(self.dropout, nn.Dropout) and self.training:
                 with replaying(rng):
                     kept = self.dropout(torch.ones_like(part, dtype=dropped)) != 0
