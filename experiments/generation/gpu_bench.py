@@ -50,41 +50,23 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from reformer_lab.model import ReformerConfig, ReformerLM
 from reformer_lab.model.attention.hashing import default_n_buckets
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reformer_bench import impls
+from reformer_bench.settings import SIZES, ModelSize, axial_factors
 
-@dataclass(frozen=True)
-class Size:
-    name: str
-    dim: int
-    depth: int
-    heads: int
-    bucket_size: int
-    n_hashes: int
-    vocab_size: int = 256
-    ff_mult: int = 4
-
-
-BASE = Size("base", dim=512, depth=6, heads=8, bucket_size=64, n_hashes=4)
-"""The harness's `base` size (reformer_bench/settings.py SIZES["base"])."""
-SMOKE = Size("smoke", dim=64, depth=2, heads=4, bucket_size=16, n_hashes=2)
-LAB_FF_CHUNK_TOKENS = 32768  # reformer_bench/impls.py REFORMER_LAB_FF_CHUNK_TOKENS
+BASE = SIZES["base"]
+SMOKE = ModelSize("smoke", dim=64, depth=2, heads=4, bucket_size=16, n_hashes=2)
 IMPLS = ("reformer-lab", "hf")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def axial_factors(seq: int) -> tuple[int, int]:
-    """Two powers of two multiplying to `seq`, the first <= the second (as the harness)."""
-    first = 1 << (seq.bit_length() - 1) // 2
-    return first, seq // first
 
 
 def max_seq_len_for(prompt: int, new: int) -> int:
@@ -93,20 +75,14 @@ def max_seq_len_for(prompt: int, new: int) -> int:
 
 
 # --- the two models ---------------------------------------------------------------------
-def build_reformer_lab(size: Size, seq: int) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """(model, its LM head, settings), as reformer_bench/impls.py builds reformer-lab."""
-    cfg = ReformerConfig(
-        vocab_size=size.vocab_size, dim=size.dim, depth=size.depth, heads=size.heads,
-        ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size,
-        n_hashes=size.n_hashes, causal=True, attention="lsh", reversible=True,
-        ff_chunks=max(1, seq // LAB_FF_CHUNK_TOKENS), axial_shape=axial_factors(seq), dropout=0.0,
-    )  # fmt: skip
-    model = ReformerLM(cfg)
-    settings = {k: getattr(cfg, k) for k in ("max_seq_len", "axial_shape", "ff_chunks", "backend")}
-    return model, model.head, settings
+def build_reformer_lab(size: ModelSize, seq: int) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """(model, its LM head, settings): the benchmark harness's reformer-lab build."""
+    built = impls.build_reformer_lab(size, seq)
+    settings = {"max_seq_len": seq, **built.settings}
+    return built.model, built.model.head, settings
 
 
-def build_hf(size: Size, seq: int) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+def build_hf(size: ModelSize, seq: int) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """(model, its LM head, settings), as reformer_bench/impls.py builds transformers' Reformer,
     with is_decoder=True, use_cache=True and no feed-forward chunking (module docstring)."""
     from transformers import ReformerConfig as HFConfig
@@ -209,7 +185,7 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_one(impl: str, size: Size, n_prompt: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(impl: str, size: ModelSize, n_prompt: int, args: argparse.Namespace) -> dict[str, Any]:
     """Build, warm up and time one implementation at one prompt length; never raises."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype_used]
     seq = max_seq_len_for(n_prompt, args.new_tokens)
