@@ -113,3 +113,26 @@ def test_fused_backward_holds_two_fp32_accumulators_per_head_pass(monkeypatch):
     expected = 3 * unit * 2 + per_pass + rows  # 3 bf16 gradients
     assert expected <= meter.peak <= expected + 2 * (per_pass // 2) // R, meter.peak_owners[:6]
     assert meter.peak < 3 * unit * 2 + 3 * unit * 4  # all heads' 3 fp32 accumulators: gone
+
+
+def test_summed_cross_entropy_holds_one_fp32_block(monkeypatch):
+    """Forward + backward of the loss on bf16 logits: one fp32 block of rows and the bf16
+    gradient at once, where F.cross_entropy on the fp32 logits holds three fp32 (N, V)."""
+    import torch.nn.functional as F
+
+    from reformer_lab.model import cross_entropy
+    from reformer_lab.model.cross_entropy import summed_cross_entropy
+
+    monkeypatch.setattr(cross_entropy, "BLOCK_ELEMENTS", 1024 * 256)  # blocks of 1024 rows
+
+    N, V = 4096, 256
+    logits = torch.randn(N, V, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, V, (N,))
+    fp32 = N * V * 4
+    with LiveBytes() as ours:
+        summed_cross_entropy(logits, targets).backward()
+    logits.grad = None
+    with LiveBytes() as theirs:
+        F.cross_entropy(logits.float(), targets, reduction="sum").backward()
+    assert ours.peak <= fp32 // 4 + N * V * 2 + 64 * N, ours.peak_owners[:4]
+    assert theirs.peak >= 3 * fp32, theirs.peak_owners[:4]

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention
 from .config import ReformerConfig
+from .cross_entropy import summed_cross_entropy
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
 from .positional import AxialPositionalEmbedding
 from .reversible import ReversibleLayer, RngState, add_grads, replaying, run_layers
@@ -293,12 +294,9 @@ class ReformerLM(nn.Module):
     def _chunk_loss(
         self, y1: Tensor, y2: Tensor, targets: Tensor, ignore_index: int
     ) -> tuple[Tensor, Tensor]:
-        logits = self.head(self.features(y1, y2))
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (B, c, vocab)
+        logits = self.head(self.features(y1, y2))  # (B, c, vocab), bf16 under autocast
         flat = logits.reshape(-1, logits.shape[-1])
-        loss_sum = F.cross_entropy(
-            flat, targets.reshape(-1), ignore_index=ignore_index, reduction="sum"
-        )
+        loss_sum = summed_cross_entropy(flat, targets.reshape(-1), ignore_index)  # fp32
         with torch.no_grad():
             counted = targets != ignore_index
             correct = ((logits.argmax(dim=-1) == targets) & counted).sum()
