@@ -24,6 +24,7 @@ from .attention import SelfAttention
 from .config import ReformerConfig
 from .cross_entropy import summed_cross_entropy
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
+from .layer_norm import layer_norm_to
 from .positional import AxialPositionalEmbedding
 from .reversible import ReversibleLayer, RngState, add_grads, replaying, run_layers
 
@@ -70,10 +71,11 @@ class AttentionBranch(nn.Module):
     def group(self, x: Tensor, heads: slice, key_valid: Tensor | None, n_hashes, plan) -> Tensor:
         """One head group's share of the pre-dropout output (the first group's has the bias),
         in the matmuls' dtype: bf16 under bf16 autocast, half the bytes of an fp32 copy."""
-        h = self.norm(x)  # (B, L, dim); fp32 under autocast
         device = x.device.type
-        if torch.is_autocast_enabled(device):  # one low-precision copy for all projections
-            h = h.to(torch.get_autocast_dtype(device))
+        if torch.is_autocast_enabled(device):  # one low-precision LN output for all projections
+            h = layer_norm_to(x, self.norm, torch.get_autocast_dtype(device))  # (B, L, dim)
+        else:
+            h = self.norm(x)  # (B, L, dim)
         return self.attention(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
