@@ -120,10 +120,10 @@ def test_summed_cross_entropy_holds_one_fp32_block(monkeypatch):
     gradient at once, where F.cross_entropy on the fp32 logits holds three fp32 (N, V)."""
     import torch.nn.functional as F
 
-    from reformer_lab.model import cross_entropy
+    from reformer_lab.model import row_blocks
     from reformer_lab.model.cross_entropy import summed_cross_entropy
 
-    monkeypatch.setattr(cross_entropy, "BLOCK_ELEMENTS", 1024 * 256)  # blocks of 1024 rows
+    monkeypatch.setattr(row_blocks, "BLOCK_ELEMENTS", 1024 * 256)  # blocks of 1024 rows
 
     N, V = 4096, 256
     logits = torch.randn(N, V, dtype=torch.bfloat16, requires_grad=True)

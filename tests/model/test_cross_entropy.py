@@ -13,9 +13,9 @@ from reformer_lab.model.cross_entropy import summed_cross_entropy
     "dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-5)]
 )
 def test_value_and_gradient_equal_f_cross_entropy(dtype, tol, monkeypatch):
-    from reformer_lab.model import cross_entropy
+    from reformer_lab.model import row_blocks
 
-    monkeypatch.setattr(cross_entropy, "BLOCK_ELEMENTS", 17 * 8)  # blocks of 8 rows, one of 2
+    monkeypatch.setattr(row_blocks, "BLOCK_ELEMENTS", 17 * 8)  # blocks of 8 rows, one of 2
     torch.manual_seed(0)
     logits = (3 * torch.randn(50, 17)).to(dtype)
     targets = torch.randint(0, 17, (50,))

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from reformer_lab.model import layer_norm
+from reformer_lab.model import row_blocks
 from reformer_lab.model.layer_norm import layer_norm_to
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.bfloat16, 1e-2)])
 def test_value_and_gradients_equal_layer_norm(dtype, tol, monkeypatch):
-    monkeypatch.setattr(layer_norm, "BLOCK_ELEMENTS", 16 * 5)  # blocks of 5 rows, one of 3
+    monkeypatch.setattr(row_blocks, "BLOCK_ELEMENTS", 16 * 5)  # blocks of 5 rows, one of 3
     torch.manual_seed(0)
     norm = nn.LayerNorm(16).double()
     with torch.no_grad():

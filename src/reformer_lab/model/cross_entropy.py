@@ -1,4 +1,4 @@
-"""Summed cross-entropy of (N, V) logits whose backward holds one fp32 (N, V) buffer.
+"""Summed cross-entropy of (N, V) logits whose backward holds one fp32 block of rows at a time.
 
     loss = sum_i [t_i counted] (logsumexp_v z_iv - z_i t_i)
     d loss / d z_iv = [t_i counted] (softmax(z_i)_v - [v = t_i])
@@ -6,7 +6,8 @@
 `F.cross_entropy` on fp32 logits keeps the fp32 copy and its log-softmax for the backward, and
 its backward makes two more (N, V) fp32 tensors. Here the forward keeps only the logits as they
 came (bf16 under autocast) and one logsumexp per row; the backward forms softmax - one-hot in
-one fp32 buffer, in place, a block of rows at a time (BLOCK_ELEMENTS), into a gradient in the logits' dtype.
+one fp32 buffer, in place, a block of rows at a time (`row_blocks`), into a gradient in the
+logits' dtype.
 """
 
 from __future__ import annotations
@@ -14,13 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-BLOCK_ELEMENTS = 1 << 22
-"""fp32 elements formed at once (16 MiB): rows are taken in blocks of BLOCK_ELEMENTS // V."""
-
-
-def _row_blocks(n_rows: int, n_classes: int) -> list[slice]:
-    step = max(1, BLOCK_ELEMENTS // n_classes)
-    return [slice(i, i + step) for i in range(0, n_rows, step)]
+from .row_blocks import row_blocks
 
 
 class _SummedCrossEntropy(torch.autograd.Function):
@@ -30,7 +25,7 @@ class _SummedCrossEntropy(torch.autograd.Function):
         counted = targets != ignore_index  # (N,)
         picks = torch.where(counted, targets, 0)  # (N,) any valid class for ignored rows
         lse = torch.cat(
-            [torch.logsumexp(logits[b].to(wide), dim=-1) for b in _row_blocks(*logits.shape)]
+            [torch.logsumexp(logits[b].to(wide), dim=-1) for b in row_blocks(*logits.shape)]
         )  # (N,)
         picked = logits.gather(1, picks[:, None]).squeeze(1).to(wide)  # (N,) z_i t_i
         ctx.save_for_backward(logits, picks, counted, lse)
@@ -41,7 +36,7 @@ class _SummedCrossEntropy(torch.autograd.Function):
         logits, picks, counted, lse = ctx.saved_tensors
         scale = grad * counted  # (N,)
         out = torch.empty_like(logits)
-        for b in _row_blocks(*logits.shape):
+        for b in row_blocks(*logits.shape):
             d = logits[b].to(lse.dtype).sub_(lse[b, None]).exp_()  # (n, V) softmax, fp32
             d.scatter_add_(1, picks[b, None], torch.full_like(d[:, :1], -1.0))
             out[b] = d.mul_(scale[b, None])

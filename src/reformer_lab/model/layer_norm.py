@@ -17,13 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-BLOCK_ELEMENTS = 1 << 22
-"""fp32 temporaries per block (16 MiB): rows are taken in blocks of BLOCK_ELEMENTS // dim."""
-
-
-def _row_blocks(n_rows: int, dim: int) -> list[slice]:
-    step = max(1, BLOCK_ELEMENTS // dim)
-    return [slice(i, i + step) for i in range(0, n_rows, step)]
+from .row_blocks import row_blocks
 
 
 class _LayerNormTo(torch.autograd.Function):
@@ -34,7 +28,7 @@ class _LayerNormTo(torch.autograd.Function):
         out = torch.empty(rows.shape, dtype=dtype, device=x.device)
         mean = torch.empty(rows.shape[0], dtype=wide, device=x.device)
         rstd = torch.empty_like(mean)
-        for b in _row_blocks(*rows.shape):
+        for b in row_blocks(*rows.shape):
             xb = rows[b].to(wide)
             var, mu = torch.var_mean(xb, dim=-1, unbiased=False)
             r = torch.rsqrt(var + eps)
@@ -52,7 +46,7 @@ class _LayerNormTo(torch.autograd.Function):
         wide = mean.dtype
         dw = torch.zeros_like(weight, dtype=wide)
         db = torch.zeros_like(dw)
-        for b in _row_blocks(*rows.shape):
+        for b in row_blocks(*rows.shape):
             g = g_rows[b].to(wide)  # (n, d)
             x_hat = (rows[b].to(wide) - mean[b, None]) * rstd[b, None]
             dw += (g * x_hat).sum(0)
