@@ -38,3 +38,24 @@ def test_under_autocast_it_computes_in_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer_norm_to(x, norm, torch.bfloat16)
     torch.testing.assert_close(out.float(), norm(x), rtol=1e-2, atol=1e-2)
+
+
+def test_grad_into_receives_the_input_gradient_added():
+    """With grad_into, x's gradient is added into that buffer (a strided half here, as the
+    reversible backward's dY2 can be) and not returned; the parameters' gradients still are."""
+    torch.manual_seed(1)
+    norm = nn.LayerNorm(8).double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 5, 8, dtype=torch.float64)
+    ref = torch.autograd.grad(norm(x), [x, norm.weight, norm.bias], grad)
+    both = torch.randn(2, 5, 16, dtype=torch.float64)
+    into = both[..., 8:]  # a view with row stride 16
+    before = into.clone()
+    got = torch.autograd.grad(
+        layer_norm_to(x, norm, torch.float64, grad_into=into),
+        [x, norm.weight, norm.bias], grad, allow_unused=True,
+    )  # fmt: skip
+    assert got[0] is None
+    torch.testing.assert_close(into, before + ref[0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(got[1:], ref[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -22,7 +22,7 @@ from .row_blocks import row_blocks
 
 class _LayerNormTo(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, dtype: torch.dtype):
+    def forward(ctx, x, weight, bias, eps: float, dtype: torch.dtype, grad_into: Tensor | None):
         rows = x.reshape(-1, x.shape[-1])  # (N, d), a view of the stream
         wide = torch.promote_types(x.dtype, torch.float32)  # fp32 (fp64 for fp64 streams)
         out = torch.empty(rows.shape, dtype=dtype, device=x.device)
@@ -36,13 +36,17 @@ class _LayerNormTo(torch.autograd.Function):
             mean[b], rstd[b] = mu, r
             del xb
         ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.grad_into = grad_into
         return out.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
         rows, g_rows = x.reshape(-1, x.shape[-1]), grad.reshape(-1, x.shape[-1])
-        dx = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+        into = None if ctx.grad_into is None else ctx.grad_into.view(rows.shape)  # no copy
+        dx = None
+        if into is None and ctx.needs_input_grad[0]:
+            dx = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
         wide = mean.dtype
         dw = torch.zeros_like(weight, dtype=wide)
         db = torch.zeros_like(dw)
@@ -52,14 +56,26 @@ class _LayerNormTo(torch.autograd.Function):
             dw += (g * x_hat).sum(0)
             db += g.sum(0)
             gw = g * weight
-            dx[b] = rstd[b, None] * (
+            dx_b = rstd[b, None] * (
                 gw - gw.mean(-1, keepdim=True) - x_hat * (gw * x_hat).mean(-1, keepdim=True)
             )
-            del g, x_hat, gw
-        return dx.view(x.shape), dw.to(weight.dtype), db.to(weight.dtype), None, None
+            if into is not None:
+                into[b] += dx_b
+            elif dx is not None:
+                dx[b] = dx_b
+            del g, x_hat, gw, dx_b
+        dx = None if dx is None else dx.view(x.shape)
+        return dx, dw.to(weight.dtype), db.to(weight.dtype), None, None, None
 
 
-def layer_norm_to(x: Tensor, norm: nn.LayerNorm, dtype: torch.dtype) -> Tensor:
-    """norm(x) in `dtype` (..., d): the module's weight, bias and eps; x any float dtype."""
+def layer_norm_to(
+    x: Tensor, norm: nn.LayerNorm, dtype: torch.dtype, grad_into: Tensor | None = None
+) -> Tensor:
+    """norm(x) in `dtype` (..., d): the module's weight, bias and eps; x any float dtype.
+
+    grad_into: a tensor shaped like x (viewable as rows) into which the backward ADDS x's
+    gradient, block by block, instead of returning it (x then gets no gradient from here):
+    the reversible recomputation adds it straight into dX2, so no (B, L, dim) gradient exists.
+    """
     with torch.autocast(x.device.type, enabled=False):
-        return _LayerNormTo.apply(x, norm.weight, norm.bias, norm.eps, dtype)
+        return _LayerNormTo.apply(x, norm.weight, norm.bias, norm.eps, dtype, grad_into)

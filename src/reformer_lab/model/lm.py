@@ -68,14 +68,23 @@ class AttentionBranch(nn.Module):
             chunks = -(-self.heads // heads_per_group)
         return [slice(s.start, s.stop) for s in sequence_chunks(self.heads, chunks)]
 
-    def group(self, x: Tensor, heads: slice, key_valid: Tensor | None, n_hashes, plan) -> Tensor:
+    def group(
+        self,
+        x: Tensor,
+        heads: slice,
+        key_valid: Tensor | None,
+        n_hashes,
+        plan,
+        grad_into: Tensor | None = None,
+    ) -> Tensor:
         """One head group's share of the pre-dropout output (the first group's has the bias),
-        in the matmuls' dtype: bf16 under bf16 autocast, half the bytes of an fp32 copy."""
+        in the matmuls' dtype: bf16 under bf16 autocast, half the bytes of an fp32 copy.
+        grad_into: the backward adds x's gradient into it (see `layer_norm_to`)."""
         device = x.device.type
-        if torch.is_autocast_enabled(device):  # one low-precision LN output for all projections
-            h = layer_norm_to(x, self.norm, torch.get_autocast_dtype(device))  # (B, L, dim)
-        else:
-            h = self.norm(x)  # (B, L, dim)
+        dtype = x.dtype  # one LN output, in the projections' dtype, for all of them
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        h = layer_norm_to(x, self.norm, dtype, grad_into)  # (B, L, dim)
         return self.attention(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
@@ -111,8 +120,8 @@ class AttentionBranch(nn.Module):
         scale: Tensor | None = None  # the forward's dropout: kept / (1 - p), replayed
         groups = self.head_groups(x)
         for heads in groups:
-            with torch.enable_grad():
-                part = self.group(x, heads, key_valid, n_hashes, plan)  # (B, L, dim)
+            with torch.enable_grad():  # x's gradient goes straight into dx (layer_norm_to)
+                part = self.group(x, heads, key_valid, n_hashes, plan, grad_into=dx)
             # The forward's dropout input: the part itself, or (several groups) their fp32 sum.
             wide = torch.promote_types(part.dtype, torch.float32)
             dropped = part.dtype if len(groups) == 1 else wide
@@ -126,7 +135,7 @@ class AttentionBranch(nn.Module):
             else:
                 y -= (part.detach() * scale).to(dropped)
                 grads = torch.autograd.grad(part, [x, *params], grad * scale, allow_unused=True)
-            dx += grads[0]
+            assert grads[0] is None  # it went into dx
             param_grads = [add_grads(a, b) for a, b in zip(param_grads, grads[1:])]
             del part, grads
         return param_grads
