@@ -54,6 +54,12 @@ from .triton_chunked import (
 
 
 @triton.jit
+def _row_norms(x):
+    """|x| per row of an fp32 (N, D) tile."""
+    return tl.sqrt(tl.sum(x * x, 1))
+
+
+@triton.jit
 def _round_keys(
     K_HEAD,
     V_HEAD,
@@ -76,8 +82,7 @@ def _round_keys(
     virtual, masked keys (k = v = 0, position -1), like chunk 0's zero-filled look-back.
 
     NORM_KEYS: K holds the shared-QK queries and the keys are those rows scaled to unit
-    length, x / max(|x|, 1e-6) (sec 2; `chunked.normalize_keys`); their norms |x| (N,) are
-    returned too, for the backward's fold (zeros when NORM_KEYS is off).
+    length, x / max(|x|, 1e-6) (sec 2; `chunked.normalize_keys`).
     """
     real = (offs_n >= 0) & (offs_n < L)  # (N,)
     k_pos = tl.load(ORDER + round_base + offs_n, mask=real, other=-1)  # (N,) positions
@@ -89,17 +94,14 @@ def _round_keys(
     )  # (N, D)
     if NORM_KEYS:
         kf = k.to(tl.float32)
-        k_norm = tl.sqrt(tl.sum(kf * kf, 1))  # (N,)
-        k = (kf / tl.maximum(k_norm, 1e-6)[:, None]).to(K_HEAD.dtype.element_ty)
-    else:
-        k_norm = offs_n * 0.0
+        k = (kf / tl.maximum(_row_norms(kf), 1e-6)[:, None]).to(K_HEAD.dtype.element_ty)
     k_ok = real
     if HAS_VALID:
         k_ok = k_ok & (tl.load(VALID_ROW + k_pos, mask=real, other=0) != 0)
     k_bkt = k_pos
     if HAS_BUCKETS:
         k_bkt = tl.load(BKT + round_base + k_pos, mask=real, other=-1)
-    return k, v, k_pos, k_ok, k_bkt, k_norm
+    return k, v, k_pos, k_ok, k_bkt
 
 
 @triton.jit
@@ -263,7 +265,7 @@ def _round_fwd_kernel(
     k_lo = (q_start // C) * C - C  # first key slot of the window (< 0 for chunk 0: virtual)
     for i in range(STEPS):
         offs_n = k_lo + i * STEP + tl.arange(0, STEP)  # (N,) key slots
-        k, v, k_pos, k_ok, k_bkt, _ = _round_keys(
+        k, v, k_pos, k_ok, k_bkt = _round_keys(
             k_head, v_head, ORDER, valid_row, BKT, round_base, offs_n, offs_d,
             k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS, NORM_KEYS,
         )  # fmt: skip
@@ -440,7 +442,7 @@ def _round_dkdv_kernel(
     k_start = tl.program_id(0) * TILE
     offs_n = k_start + tl.arange(0, TILE)  # (N,) key slots
     offs_d = tl.arange(0, D)
-    k, v, k_pos, k_ok, k_bkt, k_norm = _round_keys(
+    k, v, k_pos, k_ok, k_bkt = _round_keys(
         K + b * k_sb + h * k_sh, V + b * v_sb + h * v_sh, ORDER, VALID + b * L, BKT, round_base,
         offs_n, offs_d, k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS, NORM_KEYS,
     )  # fmt: skip
@@ -473,7 +475,12 @@ def _round_dkdv_kernel(
     k_in = offs_n < L
     acc_base = row_base * D
     dk = dk * scale
-    if NORM_KEYS:
+    if NORM_KEYS:  # the rows x again, for |x|
+        x = tl.load(
+            K + b * k_sb + h * k_sh + k_pos[:, None] * k_sl + offs_d[None, :] * k_sd,
+            mask=k_in[:, None], other=0.0,
+        ).to(tl.float32)  # fmt: skip
+        k_norm = _row_norms(x)  # (N,)
         kf = k.to(tl.float32)
         radial = tl.where(k_norm > 1e-6, tl.sum(kf * dk, 1), 0.0)  # (N,) <k, dk>
         dk = (dk - kf * radial[:, None]) / tl.maximum(k_norm, 1e-6)[:, None]
@@ -567,7 +574,7 @@ def _round_dq_kernel(
     k_lo = (q_start // C) * C - C  # chunk 0's virtual look-back: k = 0, masked, adds nothing
     for i in range(STEPS):
         offs_n = k_lo + i * STEP + tl.arange(0, STEP)  # (N,) key slots
-        k, v, k_pos, k_ok, k_bkt, _ = _round_keys(
+        k, v, k_pos, k_ok, k_bkt = _round_keys(
             k_head, v_head, ORDER, valid_row, BKT, round_base, offs_n, offs_d,
             k_sl, k_sd, v_sl, v_sd, L, HAS_VALID, HAS_BUCKETS, NORM_KEYS,
         )  # fmt: skip
