@@ -64,3 +64,39 @@ def test_default_launch_shapes_compile_for_sm90_without_spills():
             assert r["hgmma"] > 0, f"{label} has no HGMMA (wgmma) instructions: {r}"
         else:
             assert r["hmma"] > 0, f"{label} has no HMMA (mma.sync) instructions: {r}"
+
+
+HASH_AND_NORM_PROBE = """
+import json
+from reformer_lab.kernels import resources
+results = {}
+for d, factors in ((64, (46, 46)), (64, (64, 64, 34)), (16, (46, 46)), (16, (8,))):
+    results[f"hash d={d} {factors}"] = resources.hash_kernel_resources(d, factors)
+for width, two in ((512, False), (1024, False), (512, True), (64, False), (64, True)):
+    for name, r in resources.layer_norm_kernel_resources(width, two).items():
+        results[f"layer norm {name} {width} two={two}"] = r
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_hashing_and_layer_norm_kernels_compile_for_sm90_without_spills():
+    """The hashing kernel's products run on the matrix units (an fp32 'ieee' product once
+    compiled to FMA loops with 5 KB of spills per thread and took 11 ms a layer at base 64K),
+    and neither kernel spills registers."""
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "0",
+        "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", HASH_AND_NORM_PROBE],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == 4 + 2 * 5
+    for name, r in results.items():
+        assert r["stack"] == 0, (name, r)
+        if name.startswith("hash"):
+            assert r["hgmma"] > 0, (name, r)

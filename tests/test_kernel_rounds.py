@@ -291,10 +291,25 @@ def test_rounds_function_fused_equals_torch_path(monkeypatch, use_buckets):
 @in_process
 def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch):
     """The whole model, shared QK (keys formed in the kernels), reversible, 2 layers: the same
-    loss and parameter gradients with the fused kernels as with the torch backend."""
-    from reformer_lab.model import ReformerConfig, ReformerLM
+    loss and parameter gradients with the fused kernels (rounds, LayerNorm, hashing) as with
+    the torch backend."""
+    from reformer_lab.model import ReformerConfig, ReformerLM, layer_norm
+    from reformer_lab.model.attention import hashing
 
-    monkeypatch.setattr(lsh_rounds, "FUSED_ON_CPU_UNDER_INTERPRETER", True)
+    for module in (lsh_rounds, layer_norm, hashing):
+        monkeypatch.setattr(module, "FUSED_ON_CPU_UNDER_INTERPRETER", True)
+    calls = {"hash": 0, "norm": 0}
+
+    def counting(name, test):
+        def counted(*args):
+            used = test(*args)
+            calls[name] += used
+            return used
+
+        return counted
+
+    monkeypatch.setattr(hashing, "fused_hash_usable", counting("hash", hashing.fused_hash_usable))
+    monkeypatch.setattr(layer_norm, "fused_usable", counting("norm", layer_norm.fused_usable))
     tokens = torch.randint(0, 32, (2, 65), device=DEVICE)
     results = {}
     for backend in ("torch", "triton"):
@@ -307,6 +322,7 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch):
         loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
         loss.backward()
         results[backend] = [loss.detach(), *(p.grad for p in model.parameters())]
+    assert calls["hash"] == 2 and calls["norm"] >= 2 * 4  # 2 layers: the triton run fused them
     names = ["loss", *(n for n, _ in model.named_parameters())]
     for name, a, b in zip(names, results["triton"], results["torch"]):
         assert _relative_error(a, b) < 1e-4, name

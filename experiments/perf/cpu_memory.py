@@ -47,20 +47,34 @@ class _NoLaunch:
 
 @contextlib.contextmanager
 def kernels_skipped() -> Iterator[None]:
-    """The fused round kernels launch nothing: every buffer is still allocated by the same
-    Python wrappers (the kernels only write into them), so the bytes counted are the same, in
-    seconds instead of the interpreter's minutes. The values computed are garbage."""
-    from reformer_lab.kernels import triton_rounds
+    """The fused kernels (rounds, LayerNorm, hashing) launch nothing: every buffer is still
+    allocated by the same Python wrappers (the kernels only write into them), so the bytes
+    counted are the same, in seconds instead of the interpreter's minutes. The values computed
+    are garbage."""
+    from reformer_lab.kernels import triton_hashing, triton_layer_norm, triton_rounds
 
-    names = [n for n in vars(triton_rounds) if n.startswith("_") and n.endswith("_kernel")]
-    saved = {n: getattr(triton_rounds, n) for n in names}
+    saved = {
+        (module, n): getattr(module, n)
+        for module in (triton_rounds, triton_layer_norm, triton_hashing)
+        for n in vars(module)
+        if n.startswith("_") and n.endswith("_kernel")
+    }
     try:
-        for n in names:
-            setattr(triton_rounds, n, _NoLaunch())
+        for module, n in saved:
+            setattr(module, n, _NoLaunch())
         yield
     finally:
-        for n, kernel in saved.items():
-            setattr(triton_rounds, n, kernel)
+        for (module, n), kernel in saved.items():
+            setattr(module, n, kernel)
+
+
+def fused_on_cpu() -> None:
+    """Every fused kernel's Python path on CPU tensors (needs TRITON_INTERPRET=1)."""
+    from reformer_lab.model import layer_norm
+    from reformer_lab.model.attention import hashing
+
+    for module in (lsh_rounds, layer_norm, hashing):
+        module.FUSED_ON_CPU_UNDER_INTERPRETER = True
 
 
 def measure(config: str, seq: int, **overrides) -> dict:
@@ -127,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         parser.error("set TRITON_INTERPRET=1 so the fused kernels run on the CPU")
-    lsh_rounds.FUSED_ON_CPU_UNDER_INTERPRETER = True
+    fused_on_cpu()
     overrides = dict(
         ff_chunks=args.ff_chunks, attn_chunks=args.attn_chunks, loss_chunk_size=args.loss_chunk
     )

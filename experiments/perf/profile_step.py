@@ -28,7 +28,12 @@ def axial(seq: int) -> tuple[int, int]:
 
 
 def build(
-    config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int, loss_chunk: int | None
+    config: str,
+    seq: int,
+    backend: str,
+    ff_chunks: int,
+    attn_chunks: int | str,
+    loss_chunk: int | None,
 ) -> ReformerLM:
     cfg = ReformerConfig(
         vocab_size=256,
@@ -36,7 +41,9 @@ def build(
         axial_shape=axial(seq),
         backend=backend,
         ff_chunks=max(1, seq // ff_chunks),
-        attn_chunks=min(attn_chunks, SIZES[config]["heads"]),
+        attn_chunks=attn_chunks
+        if attn_chunks == "auto"
+        else min(attn_chunks, SIZES[config]["heads"]),
         loss_chunk_size=loss_chunk,
         **SIZES[config],
     )
@@ -49,7 +56,7 @@ def profile(
     backend: str,
     steps: int,
     ff_chunks: int,
-    attn_chunks: int,
+    attn_chunks: int | str,
     loss_chunk: int | None = None,
 ) -> dict:
     model = build(config, seq, backend, ff_chunks, attn_chunks, loss_chunk)
@@ -95,7 +102,15 @@ def main() -> None:
     parser.add_argument("--backend", nargs="+", default=["torch", "triton"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--ff-chunks", type=int, default=32768, help="positions per FF chunk")
-    parser.add_argument("--attn-chunks", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--attn-chunks", type=chunks_arg, nargs="+", default=["auto"], help="'auto' or an int"
+    )
+    parser.add_argument(
+        "--acc-mib",
+        type=int,
+        default=None,
+        help="the fused backward's accumulator budget (kernels.rounds.ACCUMULATOR_BYTES) in MiB",
+    )
     parser.add_argument(
         "--loss-chunk", type=int, default=None, help="positions per loss chunk (default: model's)"
     )
@@ -105,6 +120,10 @@ def main() -> None:
         help="also print the top CUDA kernels of one step (torch.profiler)",
     )
     args = parser.parse_args()
+    if args.acc_mib is not None:
+        from reformer_lab.kernels import rounds
+
+        rounds.ACCUMULATOR_BYTES = args.acc_mib << 20
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     print("config  seq      backend  fwd_peak_gb  peak_gb  fwd_ms    step_ms   tok/s", flush=True)
     for config in args.config:
@@ -137,8 +156,38 @@ def main() -> None:
                 torch.cuda.empty_cache()
 
 
-def trace(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int) -> None:
-    """The 25 CUDA kernels that take the most time in one training step."""
+def chunks_arg(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+KERNEL_KINDS = (
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas")),
+    ("lsh rounds fwd", ("_round_fwd",)),
+    ("lsh rounds dk/dv", ("_round_dkdv",)),
+    ("lsh rounds dq", ("_round_dq",)),
+    ("lsh row dot", ("_row_dot",)),
+    ("sort", ("sort", "radix")),
+    ("layer norm", ("layer_norm", "layernorm")),
+    ("softmax/ce", ("softmax", "log_softmax", "nll", "cross_entropy")),
+    ("reduce", ("reduce",)),
+    ("index/gather/scatter", ("index", "gather", "scatter")),
+    ("copy/fill/cat", ("copy", "memcpy", "memset", "fill", "cat", "catarray")),
+    ("elementwise", ("elementwise",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KERNEL_KINDS:
+        if any(key in low for key in keys):
+            return kind
+    return "other"
+
+
+def trace(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int | str) -> None:
+    """One training step under torch.profiler: the kernels summed by kind (count, GPU ms),
+    their total against the step's wall time (the GPU's idle share), and the 25 kernels that
+    take the most time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -150,10 +199,29 @@ def trace(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int)
         loss.backward()
     torch.cuda.synchronize()
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
         loss.backward()
+        end.record()
         torch.cuda.synchronize()
+    kinds: dict[str, list[float]] = {}
+    for event in prof.key_averages():
+        gpu_us = getattr(event, "self_device_time_total", 0) or 0
+        if gpu_us <= 0:
+            continue
+        entry = kinds.setdefault(kernel_kind(event.key), [0, 0.0])
+        entry[0] += event.count
+        entry[1] += gpu_us / 1e3
+    total = sum(ms for _, ms in kinds.values())
+    wall = start.elapsed_time(end)
+    print(
+        f"## {config} {seq}: {sum(n for n, _ in kinds.values())} kernels, {total:.1f} ms of "
+        f"GPU work in a {wall:.1f} ms step (profiled; GPU busy {100 * total / wall:.0f}%)"
+    )
+    for kind, (n, ms) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {kind:22s} {n:6d} kernels {ms:9.2f} ms  {100 * ms / total:5.1f}%")
     print(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
     )

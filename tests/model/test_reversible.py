@@ -168,14 +168,18 @@ def test_incoming_gradients_are_overwritten_only_when_they_are_separate_buffers(
 
 
 @pytest.mark.parametrize("attn_chunks", [1, 2])
-def test_attention_branch_recompute_writes_into_the_streams(attn_chunks):
+@pytest.mark.parametrize("dropout", [0.3, 0.0])
+def test_attention_branch_recompute_writes_into_the_streams(attn_chunks, dropout, monkeypatch):
     """recompute_backward subtracts F(x) from y and adds dF/dx^T grad into dx in place, group by
-    group, with the forward's dropout mask replayed; parameter gradients are returned."""
+    group, with the forward's dropout mask replayed (or, without dropout, the output projection
+    a sequence chunk at a time: 5 chunks here); parameter gradients are returned."""
+    from reformer_lab.model import lm
     from reformer_lab.model.lm import AttentionBranch
     from reformer_lab.model.reversible import RngState
 
+    monkeypatch.setattr(lm, "PROJECTION_CHUNK_ELEMENTS", 2 * 7 * 16)  # 7 positions a chunk
     torch.manual_seed(0)
-    cfg = tiny(attention="local", heads=4, dim=16, attn_chunks=attn_chunks, dropout=0.3)
+    cfg = tiny(attention="local", heads=4, dim=16, attn_chunks=attn_chunks, dropout=dropout)
     branch = AttentionBranch(cfg, "local", 0).double().train()
     x = torch.randn(2, 32, 16, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(2, 32, 16, dtype=torch.float64)
@@ -189,6 +193,27 @@ def test_attention_branch_recompute_writes_into_the_streams(attn_chunks):
     torch.testing.assert_close(dx, dx0 + expected[0], rtol=1e-10, atol=1e-12)
     for got, want in zip(params, expected[1:]):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    if not dropout:  # the reversible forward's in-place form adds what was subtracted
+        assert len(branch.projection_chunks(x)) == 5
+        branch.add_into(y, x.detach(), None)
+        torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("attn_chunks", [1, 2])
+def test_reversible_equals_plain_without_dropout_in_projection_chunks(attn_chunks, monkeypatch):
+    """Without dropout the reversible passes add and subtract the branches' outputs in place,
+    the attention's output projection in sequence chunks: still the plain network's loss and
+    gradients."""
+    from reformer_lab.model import lm
+
+    monkeypatch.setattr(lm, "PROJECTION_CHUNK_ELEMENTS", 2 * 9 * 16)  # 9 positions a chunk
+    rev, plain = twins(torch.float64, dropout=0.0, attn_chunks=attn_chunks)
+    tokens = torch.randint(0, 17, (2, 37))
+    loss_r, grads_r = loss_and_grads(rev, tokens)
+    loss_p, grads_p = loss_and_grads(plain, tokens)
+    assert abs(loss_r - loss_p) <= 1e-9 * abs(loss_p)
+    for name, g in grads_p.items():
+        torch.testing.assert_close(grads_r[name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_auto_head_groups_follow_the_input_size(monkeypatch):

@@ -166,6 +166,56 @@ def round_kernel_resources(
     return _cubin_resources(compiled)
 
 
+def hash_kernel_resources(head_dim: int, factors: tuple[int, ...], arch: int = 90) -> dict:
+    """`kernel_resources` of the fused hashing kernel (triton_hashing) for q in bf16 with
+    head dim `head_dim` and bucket `factors`, at its launch shape."""
+    from . import triton_hashing as th
+
+    halves = [f // 2 for f in factors] + [0] * (th.MAX_FACTORS - len(factors))
+    consts = dict(D=head_dim, HAS_VALID=True, BLOCK=th.BLOCK_L, x_sd=1)
+    for i, half in enumerate(halves, start=1):
+        consts[f"HALF{i}"] = half
+        consts[f"PAD{i}"] = th.padded_half(half)
+    types = {"X": "*bf16", "VALID": "*u8", "BUCKETS": "*i32"}
+    signature = {
+        n: "constexpr" if n in consts else types.get(n, "*fp32" if n.startswith("ROT") else "i32")
+        for n in th._hash_kernel.arg_names
+    }
+    compiled = triton.compile(
+        ASTSource(th._hash_kernel, signature, constexprs=consts),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=th.NUM_WARPS),
+    )
+    return _cubin_resources(compiled)
+
+
+def layer_norm_kernel_resources(part_width: int, two: bool, arch: int = 90) -> dict:
+    """`kernel_resources` of the fused LayerNorm kernels (fp32 rows in, bf16 out): a dict
+    {'fwd': ..., 'bwd': ...} at their launch shapes for parts of `part_width` features."""
+    from . import triton_layer_norm as tln
+
+    block_m, block_p, warps = tln._shape(part_width, 2 if two else 1)
+    results = {}
+    for name, fn, extra in (
+        ("fwd", tln._ln_fwd_kernel, {}),
+        ("bwd", tln._ln_bwd_kernel, dict(STEPS=4, ACCUMULATE=True)),
+    ):
+        consts = dict(TWO=two, BLOCK_M=block_m, BLOCK_P=block_p, **extra)
+        types = {"Y": "*bf16", "G": "*bf16", "eps": "fp32", "n_rows": "i32", "L": "i32"}
+        types |= {"P": "i32", "D": "i32"}
+        signature = {
+            n: "constexpr" if n in consts else types.get(n, "i32" if n.islower() else "*fp32")
+            for n in fn.arg_names
+        }
+        compiled = triton.compile(
+            ASTSource(fn, signature, constexprs=consts),
+            target=GPUTarget("cuda", arch, 32),
+            options=dict(num_warps=warps),
+        )
+        results[name] = _cubin_resources(compiled)
+    return results
+
+
 def _cubin_resources(compiled) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         cubin = os.path.join(folder, "kernel.cubin")

@@ -18,12 +18,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention
 from .config import ReformerConfig
-from .cross_entropy import summed_cross_entropy
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
+from .head_loss import chunked_head_loss
 from .layer_norm import layer_norm_to
 from .positional import AxialPositionalEmbedding
 from .reversible import ReversibleLayer, RngState, add_grads, replaying, run_layers
@@ -40,6 +39,9 @@ class LMLoss(NamedTuple):
 
 AUTO_GROUP_ELEMENTS = 1 << 28
 """attn_chunks="auto": the activation elements one head group may hold (512 MiB in bf16)."""
+PROJECTION_CHUNK_ELEMENTS = 1 << 24
+"""Elements of one sequence chunk of the attention's output projection in the reversible
+passes (32 MiB in bf16: 32K positions at d 512)."""
 
 
 class AttentionBranch(nn.Module):
@@ -56,6 +58,7 @@ class AttentionBranch(nn.Module):
         self.attention = SelfAttention(cfg, kind, layer_index)
         self.dropout = dropout_layer(cfg.dropout)
         self.heads, self.head_dim, self.attn_chunks = cfg.heads, cfg.head_dim, cfg.attn_chunks
+        self.backend = cfg.backend
 
     def head_groups(self, x: Tensor) -> list[slice]:
         """The head groups computed one at a time for input x (B, L, dim): `attn_chunks` of
@@ -80,12 +83,47 @@ class AttentionBranch(nn.Module):
         """One head group's share of the pre-dropout output (the first group's has the bias),
         in the matmuls' dtype: bf16 under bf16 autocast, half the bytes of an fp32 copy.
         grad_into: the backward adds x's gradient into it (see `layer_norm_to`)."""
-        device = x.device.type
-        dtype = x.dtype  # one LN output, in the projections' dtype, for all of them
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-        h = layer_norm_to(x, self.norm, dtype, grad_into)  # (B, L, dim)
-        return self.attention(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        out = self.group_heads(x, heads, key_valid, n_hashes, plan, grad_into)
+        return F.linear(out, *self.attention.out_projection(heads))  # (B, L, dim)
+
+    def group_heads(
+        self,
+        x: Tensor,
+        heads: slice,
+        key_valid: Tensor | None,
+        n_hashes,
+        plan,
+        grad_into: Tensor | None = None,
+    ) -> Tensor:
+        """One head group's attention output before the output projection: (B, L, h*d)."""
+        h = layer_norm_to(x, self.norm, matmul_dtype(x), grad_into, self.backend)  # (B, L, dim)
+        return self.attention.heads_output(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+
+    @property
+    def drops(self) -> bool:
+        """Whether the branch's dropout is active (its mask then covers the whole output)."""
+        return isinstance(self.dropout, nn.Dropout) and self.training
+
+    def projection_chunks(self, x: Tensor) -> list[slice]:
+        """Sequence chunks in which the output projection's result exists, each within
+        PROJECTION_CHUNK_ELEMENTS: the forward and the recomputation use the same ones, so the
+        recomputation subtracts exactly the values the forward added."""
+        B, L, dim = x.shape
+        return sequence_chunks(L, -(-B * L * dim // PROJECTION_CHUNK_ELEMENTS))
+
+    def add_into(
+        self, y: Tensor, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None
+    ) -> None:
+        """y += F(x) IN PLACE, for the reversible forward without an active dropout: head
+        group by head group, the output projection a sequence chunk at a time, so neither
+        F(x) (a (B, L, dim) tensor) nor the sum of the groups' parts ever exists."""
+        assert not self.drops, "the dropout mask covers F(x) as a whole"
+        for heads in self.head_groups(x):
+            out = self.group_heads(x, heads, key_valid, n_hashes, plan)  # (B, L, h*d)
+            w, b = self.attention.out_projection(heads)
+            for s in self.projection_chunks(x):
+                y[:, s] += F.linear(out[:, s], w, b)  # (B, l, dim) in the matmuls' dtype
+            del out
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         out = None
@@ -114,9 +152,11 @@ class AttentionBranch(nn.Module):
         groups' outputs nor a separate input gradient is kept (each an fp32 (B, L, dim)).
         With one group, exactly the forward's F(x) is subtracted (its dropout mask replayed).
         """
+        x = x.detach().requires_grad_()
+        if not self.drops:
+            return self._recompute_in_chunks(x, grad, key_valid, n_hashes, plan, y=y, dx=dx)
         params = list(self.parameters())
         param_grads: list[Tensor | None] = [None] * len(params)
-        x = x.detach().requires_grad_()
         scale: Tensor | None = None  # the forward's dropout: kept / (1 - p), replayed
         groups = self.head_groups(x)
         for heads in groups:
@@ -125,20 +165,69 @@ class AttentionBranch(nn.Module):
             # The forward's dropout input: the part itself, or (several groups) their fp32 sum.
             wide = torch.promote_types(part.dtype, torch.float32)
             dropped = part.dtype if len(groups) == 1 else wide
-            if heads.start == 0 and isinstance(self.dropout, nn.Dropout) and self.training:
+            if heads.start == 0:
                 with replaying(rng):
                     kept = self.dropout(torch.ones_like(part, dtype=dropped)) != 0
                 scale = kept.to(wide) / (1 - self.dropout.p)
-            if scale is None:
-                y -= part.detach()
-                grads = torch.autograd.grad(part, [x, *params], grad, allow_unused=True)
-            else:
-                y -= (part.detach() * scale).to(dropped)
-                grads = torch.autograd.grad(part, [x, *params], grad * scale, allow_unused=True)
+            y -= (part.detach() * scale).to(dropped)
+            grads = torch.autograd.grad(part, [x, *params], grad * scale, allow_unused=True)
             assert grads[0] is None  # it went into dx
             param_grads = [add_grads(a, b) for a, b in zip(param_grads, grads[1:])]
             del part, grads
         return param_grads
+
+    def _recompute_in_chunks(
+        self,
+        x: Tensor,
+        grad: Tensor,
+        key_valid: Tensor | None,
+        n_hashes: int | None,
+        plan: dict,
+        *,
+        y: Tensor,
+        dx: Tensor,
+    ) -> list[Tensor | None]:
+        """`recompute_backward` without dropout, the inverse of `add_into`: per head group, the
+        heads' output O (B, L, h*d) is recomputed with its graph; then, a projection chunk at a
+        time, O W^T + b is subtracted from y (the very values the forward added) and
+        dO = grad W, dW = grad^T O and db = sum grad are formed from the chunk of grad cast to
+        the matmuls' dtype. So neither F(x) nor a low-precision copy of the whole grad exists
+        (each (B, L, dim), whatever the head group's size)."""
+        to_out = self.attention.to_out
+        params = list(self.parameters())
+        inner = [p for p in params if p is not to_out.weight and p is not to_out.bias]
+        inner_grads: list[Tensor | None] = [None] * len(inner)
+        w_grad = torch.zeros_like(to_out.weight)
+        b_grad = torch.zeros_like(to_out.bias)
+        for heads in self.head_groups(x):
+            with torch.enable_grad():  # x's gradient goes straight into dx (layer_norm_to)
+                out = self.group_heads(x, heads, key_valid, n_hashes, plan, grad_into=dx)
+            w, b = self.attention.out_projection(heads)  # (dim, h*d), (dim,) or None
+            cols = w_grad[:, heads.start * self.head_dim : heads.stop * self.head_dim]
+            d_out = torch.empty_like(out)  # (B, L, h*d)
+            with torch.no_grad():
+                for s in self.projection_chunks(x):
+                    o_s = out[:, s].detach()  # (B, l, h*d)
+                    y[:, s] -= F.linear(o_s, w, b)
+                    g = grad[:, s].to(out.dtype)  # (B, l, dim)
+                    d_out[:, s] = g @ w.to(out.dtype)
+                    cols += (g.flatten(0, 1).T @ o_s.flatten(0, 1)).to(cols.dtype)
+                    if b is not None:
+                        b_grad += g.sum((0, 1)).to(b_grad.dtype)
+                    del o_s, g
+            grads = torch.autograd.grad(out, [x, *inner], d_out, allow_unused=True)
+            assert grads[0] is None  # it went into dx
+            inner_grads = [add_grads(a, g) for a, g in zip(inner_grads, grads[1:])]
+            del out, d_out, grads
+        by_param = {id(p): g for p, g in zip(inner, inner_grads)}
+        by_param |= {id(to_out.weight): w_grad, id(to_out.bias): b_grad}
+        return [by_param[id(p)] for p in params]
+
+
+def matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the projections compute in: autocast's, else x's (one LN output for all)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def add_part(out: Tensor | None, part: Tensor) -> Tensor:
@@ -155,9 +244,11 @@ class FeedForwardBranch(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout)
         self.dropout = dropout_layer(cfg.dropout)
+        self.backend = cfg.backend
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.ff(self.norm(x)))
+        h = layer_norm_to(x, self.norm, matmul_dtype(x), backend=self.backend)  # (B, L, dim)
+        return self.dropout(self.ff(h))
 
 
 class ReformerLM(nn.Module):
@@ -210,12 +301,22 @@ class ReformerLM(nn.Module):
         *,
         key_padding_mask: Tensor | None = None,
         n_hashes: int | None = None,
-        grads_owned: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """The two residual streams after the last layer: (B, N) -> 2 x (B, N, dim).
+        """The two residual streams after the last layer: (B, N) -> 2 x (B, N, dim)."""
+        y1, y2 = self._padded_streams(tokens, key_padding_mask, n_hashes, grads_owned=False)
+        N = tokens.shape[1]
+        return y1[:, :N], y2[:, :N]
 
-        grads_owned: see `run_layers`; only for callers whose use of the streams is private.
-        """
+    def _padded_streams(
+        self,
+        tokens: Tensor,
+        key_padding_mask: Tensor | None,
+        n_hashes: int | None,
+        grads_owned: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """The streams at every position the layers ran on: (B, N) -> 2 x (B, L, dim), L the
+        padded length. grads_owned: see `run_layers`; only for callers whose use of the
+        streams is private."""
         self._check(tokens, key_padding_mask, n_hashes)
         N = tokens.shape[1]
         x = self.token_emb(tokens) + self.pos_emb(N, tokens.device)  # (B, N, d)
@@ -233,10 +334,7 @@ class ReformerLM(nn.Module):
             )
             key_valid = F.pad(real, (0, L - N), value=False)  # (B, L)
 
-        y1, y2 = run_layers(
-            self.layers, x, x, key_valid, n_hashes, self.cfg.reversible, grads_owned
-        )
-        return y1[:, :N], y2[:, :N]
+        return run_layers(self.layers, x, x, key_valid, n_hashes, self.cfg.reversible, grads_owned)
 
     def features(self, y1: Tensor, y2: Tensor) -> Tensor:
         """h = LayerNorm([Y1; Y2]): 2 x (B, n, dim) -> (B, n, 2 * dim)."""
@@ -275,43 +373,22 @@ class ReformerLM(nn.Module):
         """Cross-entropy of targets[:, t] at position t, `cfg.loss_chunk` positions at a time.
 
         The final norm, head and loss of each chunk are recomputed in the backward pass
-        (activation checkpointing of the head alone, reading the residual streams the
-        reversible layers keep anyway), so neither the (B, N, 2 dim) features nor more than
-        (B, chunk, vocab) logits exist at any moment.
+        (`head_loss.chunked_head_loss`, reading the residual streams the reversible layers
+        keep anyway), so neither the (B, N, 2 dim) features nor more than (B, chunk, vocab)
+        logits exist at any moment, and the streams' gradients are written in place.
         """
         if targets.shape != tokens.shape:
             raise ValueError(
                 f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
             )
         # The streams feed only the chunk losses below: their gradients are ours to overwrite.
-        y1, y2 = self.streams(
-            tokens, key_padding_mask=key_padding_mask, n_hashes=n_hashes, grads_owned=True
-        )
-        total = y1.new_zeros((), dtype=torch.promote_types(y1.dtype, torch.float32))
-        n_correct = torch.zeros((), dtype=torch.long, device=y1.device)
-        step = self.cfg.loss_chunk
-        for start in range(0, y1.shape[1], step):
-            s = slice(start, start + step)
-            args = (y1[:, s], y2[:, s], targets[:, s], ignore_index)
-            if torch.is_grad_enabled() and y1.requires_grad:
-                loss_sum, correct = checkpoint(self._chunk_loss, *args, use_reentrant=False)
-            else:
-                loss_sum, correct = self._chunk_loss(*args)
-            total = total + loss_sum
-            n_correct += correct
+        y1, y2 = self._padded_streams(tokens, key_padding_mask, n_hashes, grads_owned=True)
+        total, n_correct = chunked_head_loss(
+            y1, y2, targets, tokens.shape[1], norm=self.norm, head=self.head,
+            chunk=self.cfg.loss_chunk, ignore_index=ignore_index, backend=self.cfg.backend,
+        )  # fmt: skip
         n_tokens = (targets != ignore_index).sum()
         return LMLoss(total / n_tokens.clamp(min=1), n_tokens, n_correct)
-
-    def _chunk_loss(
-        self, y1: Tensor, y2: Tensor, targets: Tensor, ignore_index: int
-    ) -> tuple[Tensor, Tensor]:
-        logits = self.head(self.features(y1, y2))  # (B, c, vocab), bf16 under autocast
-        flat = logits.reshape(-1, logits.shape[-1])
-        loss_sum = summed_cross_entropy(flat, targets.reshape(-1), ignore_index)  # fp32
-        with torch.no_grad():
-            counted = targets != ignore_index
-            correct = ((logits.argmax(dim=-1) == targets) & counted).sum()
-        return loss_sum, correct
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -63,7 +63,8 @@ class ReversibleLayer(nn.Module):
     """One (attention, feed-forward) pair acting on the two residual streams."""
 
     def __init__(self, f: nn.Module, g: nn.Module, ff_chunks: int) -> None:
-        """f: the attention branch (it must offer `recompute_backward`); g: position-wise."""
+        """f: the attention branch (it must offer `add_into`, `drops` and
+        `recompute_backward`); g: position-wise."""
         super().__init__()
         self.f, self.g, self.ff_chunks = f, g, ff_chunks
 
@@ -79,15 +80,28 @@ class ReversibleLayer(nn.Module):
         n_hashes: int | None,
         record: LayerRecord | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(Y1, Y2) from (X1, X2), each (B, L, dim). Fills `record` when given."""
+        """(Y1, Y2) from (X1, X2), each (B, L, dim). Fills `record` when given.
+
+        With a record (the reversible forward, no graph) the branches' outputs are added into
+        copies of the inputs a chunk at a time (`f.add_into`, G per FF chunk), in the chunks
+        the backward pass recomputes them in, so X2 = Y2 - G(Y1) and X1 = Y1 - F(X2) subtract
+        the very values added, and neither F(X2) nor G(Y1) exists whole.
+        """
         if record is not None and self.uses_rng:
             record.rng_f = RngState(x1.device)
-        y1 = x1 + self.f(
-            x2, key_valid, n_hashes=n_hashes, plan=None if record is None else record.plan
-        )
+        plan = None if record is None else record.plan
+        if record is not None and not self.f.drops:
+            y1 = x1.clone()
+            self.f.add_into(y1, x2, key_valid, n_hashes=n_hashes, plan=plan)
+        else:
+            y1 = x1 + self.f(x2, key_valid, n_hashes=n_hashes, plan=plan)
         if record is not None and self.uses_rng:
             record.rng_g = RngState(x1.device)
-        y2 = x2 + apply_chunked(self.g, y1, self.ff_chunks)
+        if record is None:
+            return y1, x2 + apply_chunked(self.g, y1, self.ff_chunks)
+        y2 = x2.clone()
+        for s in sequence_chunks(y1.shape[1], self.ff_chunks):
+            y2[:, s] += self.g(y1[:, s])  # (B, l, dim)
         return y1, y2
 
     def backward_pass(

@@ -3,6 +3,11 @@
 Rotations come from an explicit `torch.Generator` seeded from (config seed, layer, step), so
 hashing never touches the global RNG: training draws fresh rotations each step, reproducibly;
 eval uses one fixed set per layer, so two eval passes give identical outputs.
+
+The rotated vectors are formed in fp32 (also under autocast: bf16 rounding would tie
+angles). On CUDA (backend 'auto' or 'triton') `hash_buckets` runs one fused Triton kernel
+(`reformer_lab.kernels.triton_hashing`) that keeps them in registers; `hash_vectors` is the
+CPU path and the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -75,6 +80,15 @@ def hash_vectors(x: Tensor, rotations: list[Tensor], factors: tuple[int, ...]) -
     R = rotations[0].shape[1]
     buckets = torch.zeros(B, H, R, L, dtype=torch.long, device=x.device)
     block = max(1, HASH_BLOCK_ELEMENTS // (B * H * R * (max(factors) // 2)))
+    with torch.autocast(x.device.type, enabled=False):
+        _hash_blocks(x, rotations, factors, buckets, block)
+    return buckets
+
+
+def _hash_blocks(
+    x: Tensor, rotations: list[Tensor], factors: tuple[int, ...], buckets: Tensor, block: int
+) -> None:
+    L = x.shape[2]
     for start in range(0, L, block):
         xs = x[:, :, start : start + block].float()  # (B, H, l, d)
         stride = 1
@@ -85,7 +99,44 @@ def hash_vectors(x: Tensor, rotations: list[Tensor], factors: tuple[int, ...]) -
             b = torch.where(top >= -low, top_at, low_at + n // 2)  # (B, H, R, l)
             buckets[..., start : start + block] += b * stride
             stride *= n
-    return buckets
+
+
+FUSED_ON_CPU_UNDER_INTERPRETER = False
+"""Tests set this to run the fused kernel on CPU tensors under TRITON_INTERPRET=1."""
+
+
+def fused_hash_usable(x: Tensor, factors: tuple[int, ...], backend: str) -> bool:
+    """True when `hash_buckets` runs the fused Triton kernel (see the module docstring)."""
+    if backend not in ("auto", "triton"):
+        return False
+    try:
+        from reformer_lab import kernels
+        from reformer_lab.kernels.triton_hashing import fused_hash_supported
+    except ImportError:
+        return False
+    if not x.is_cuda and not (FUSED_ON_CPU_UNDER_INTERPRETER and kernels.interpreting()):
+        return False
+    return kernels.triton_available() and fused_hash_supported(x, factors)
+
+
+def hash_buckets(
+    x: Tensor,
+    rotations: list[Tensor],
+    factors: tuple[int, ...],
+    key_valid: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Buckets of x per head and round, padding (key_valid False) in one bucket past the last:
+    (B, H, L, d) -> (B, H, R, L) int32 in [0, prod(factors)]."""
+    pad_bucket = math.prod(factors)
+    if fused_hash_usable(x, factors, backend):
+        from reformer_lab.kernels.triton_hashing import hash_buckets_fused
+
+        return hash_buckets_fused(x, rotations, factors, key_valid, pad_bucket)
+    buckets = hash_vectors(x, rotations, factors)
+    if key_valid is not None:
+        buckets = buckets.masked_fill(~key_valid[:, None, None, :], pad_bucket)
+    return buckets.to(torch.int32)
 
 
 def mix_seed(*parts: int) -> int:

@@ -16,12 +16,10 @@ gradient of output i with respect to input j > i is exactly zero.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .hashing import bucket_factors, default_n_buckets, draw_rotations, hash_vectors, mix_seed
+from .hashing import bucket_factors, default_n_buckets, draw_rotations, hash_buckets, mix_seed
 from .lsh_rounds import HashRounds, attend_all_rounds
 
 EVAL_STEP = -1  # the step id of the fixed eval rotations
@@ -92,18 +90,14 @@ class LSHAttentionCore(nn.Module):
         heads: slice | None = None,
         step: int = EVAL_STEP,
     ) -> Tensor:
-        """(B, h, L, d) -> (B, h, R, L) bucket ids of heads `heads` (all by default) at a
+        """(B, h, L, d) -> (B, h, R, L) int32 bucket ids of heads `heads` (all by default) at a
         training step (or with the eval rotations); padding gets the id one past the last."""
         heads = heads if heads is not None else slice(0, self.heads)
         L = qk.shape[2]
         n_buckets = self.n_buckets or default_n_buckets(L, self.bucket_size)
         factors = bucket_factors(n_buckets)
         rotations = [r[heads] for r in self.rotations(factors, n_hashes, qk.device, step)]
-        buckets = hash_vectors(qk, rotations, factors)
-        if key_valid is not None:
-            pad_bucket = math.prod(factors)
-            buckets = buckets.masked_fill(~key_valid[:, None, None, :], pad_bucket)
-        return buckets
+        return hash_buckets(qk, rotations, factors, key_valid, self.backend)
 
     # --- attention ------------------------------------------------------------------
     def forward(
@@ -139,7 +133,7 @@ class LSHAttentionCore(nn.Module):
                 # Sort by (bucket, position): a stable sort of the buckets keeps positions in
                 # order within each bucket (bucket ids stay far below 2^31).
                 # int32: the fused kernels read it so, the torch path widens one round at a time
-                order = torch.sort(buckets.to(torch.int32), dim=-1, stable=True).indices
+                order = torch.sort(buckets, dim=-1, stable=True).indices
                 order = order.to(torch.int32)
             if plan is not None:
                 plan[key] = order

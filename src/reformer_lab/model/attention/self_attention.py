@@ -62,6 +62,35 @@ class SelfAttention(nn.Module):
         """The rows of a projection's weight that produce heads `heads`: (h*d, dim)."""
         return linear.weight[heads.start * self.head_dim : heads.stop * self.head_dim]
 
+    def heads_output(
+        self,
+        x: Tensor,
+        key_valid: Tensor | None = None,
+        *,
+        n_hashes: int | None = None,
+        plan: dict | None = None,
+        heads: slice | None = None,
+    ) -> Tensor:
+        """(B, L, dim) -> (B, L, h*d): heads `heads` (all by default), concatenated, before
+        the output projection."""
+        heads = heads if heads is not None else slice(0, self.heads)
+        q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
+        if self.to_k is None:
+            k = None if self.keys_in_core else normalize_keys(q)
+        else:
+            k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
+        v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
+        out = self.core(q, k, v, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        B, h, L, d = out.shape
+        return out.transpose(1, 2).reshape(B, L, h * d)  # (B, L, h*d)
+
+    def out_projection(self, heads: slice) -> tuple[Tensor, Tensor | None]:
+        """The output projection's columns for heads `heads` (dim, h*d), and its bias for the
+        group of head 0 (None otherwise)."""
+        d = self.head_dim
+        w_out = self.to_out.weight[:, heads.start * d : heads.stop * d]  # (dim, h*d)
+        return w_out, self.to_out.bias if heads.start == 0 else None
+
     def forward(
         self,
         x: Tensor,
@@ -75,15 +104,5 @@ class SelfAttention(nn.Module):
         The projection is linear in the concatenated heads, so the parts of disjoint head
         groups add up to the whole; the group of head 0 carries the output bias."""
         heads = heads if heads is not None else slice(0, self.heads)
-        q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
-        if self.to_k is None:
-            k = None if self.keys_in_core else normalize_keys(q)
-        else:
-            k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
-        v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
-        out = self.core(q, k, v, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
-        B, h, L, d = out.shape
-        out = out.transpose(1, 2).reshape(B, L, h * d)  # (B, L, h*d)
-        w_out = self.to_out.weight[:, heads.start * d : heads.stop * d]  # (dim, h*d)
-        bias = self.to_out.bias if heads.start == 0 else None
-        return F.linear(out, w_out, bias)  # (B, L, dim), in the matmul's dtype under autocast
+        out = self.heads_output(x, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        return F.linear(out, *self.out_projection(heads))  # (B, L, dim), the matmul's dtype

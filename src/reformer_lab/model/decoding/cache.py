@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..attention.chunked import normalize_keys
-from ..attention.hashing import bucket_factors, default_n_buckets, hash_vectors
+from ..attention.hashing import bucket_factors, default_n_buckets, hash_buckets
 from ..attention.lsh import EVAL_STEP, LSHAttentionCore
 from ..attention.self_attention import SelfAttention
 from .attend import attend_full, attend_local, attend_lsh
@@ -50,10 +50,11 @@ class BucketHasher:
         self.n_buckets = n_buckets
         self.factors = bucket_factors(n_buckets)
         self.rotations = core.rotations(self.factors, core.n_hashes, device, EVAL_STEP)
+        self.backend = core.backend
 
     def __call__(self, keys: Tensor) -> Tensor:
         """(B, H, n, d) -> (B, H, R, n) int32 bucket ids."""
-        return hash_vectors(keys, self.rotations, self.factors).to(torch.int32)
+        return hash_buckets(keys, self.rotations, self.factors, backend=self.backend)
 
 
 class LayerCache:

@@ -1,0 +1,92 @@
+"""The language-model head and loss over the two residual streams, a chunk of positions at a
+time in both passes.
+
+    h = LayerNorm([Y1; Y2])        logits = h W + b        loss = sum_i CE(logits_i, t_i)
+
+Forward: chunk by chunk, without a graph; only the streams (kept by the reversible layers
+anyway) and the targets are saved. Backward: each chunk's head and loss are recomputed and
+differentiated, and the chunk's stream gradients are written straight into two (B, L, dim)
+buffers by the LayerNorm's backward (`layer_norm_to`'s grad_into), which become the streams'
+gradients. So neither the (B, N, 2 dim) features nor more than one chunk's logits exist, and
+the stream gradients exist once: not as a per-chunk gradient, a zero-padded copy per chunk
+(the backward of slicing) and their running sum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .cross_entropy import summed_cross_entropy
+from .layer_norm import layer_norm_to
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y1, y2, targets, n, chunk, ignore_index, norm, head, backend, *params):
+        device = y1.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        total = y1.new_zeros((), dtype=torch.promote_types(y1.dtype, torch.float32))
+        correct = torch.zeros((), dtype=torch.long, device=y1.device)
+        for s in _chunks(n, chunk):
+            logits = _logits(y1[:, s], y2[:, s], norm, head, backend)  # (B, c, vocab)
+            t = targets[:, s]
+            total += summed_cross_entropy(logits.flatten(0, 1), t.reshape(-1), ignore_index)
+            correct += ((logits.argmax(-1) == t) & (t != ignore_index)).sum()
+        ctx.save_for_backward(y1, y2, targets)
+        ctx.options = (n, chunk, ignore_index, norm, head, backend)
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx, grad_total, _):
+        y1, y2, targets = ctx.saved_tensors
+        n, chunk, ignore_index, norm, head, backend = ctx.options
+        params = [*norm.parameters(), *head.parameters()]
+        dy1, dy2 = torch.zeros_like(y1), torch.zeros_like(y2)  # (B, L, dim): padding gets 0
+        param_grads: list[Tensor | None] = [None] * len(params)
+        enabled, dtype = ctx.autocast
+        for s in _chunks(n, chunk):
+            with torch.enable_grad(), torch.autocast(y1.device.type, dtype=dtype, enabled=enabled):
+                logits = _logits(
+                    y1[:, s], y2[:, s], norm, head, backend, grad_into=(dy1[:, s], dy2[:, s])
+                )
+                t = targets[:, s].reshape(-1)
+                loss = summed_cross_entropy(logits.flatten(0, 1), t, ignore_index)
+            grads = torch.autograd.grad(loss, params, grad_total)
+            param_grads = [g if a is None else a + g for a, g in zip(param_grads, grads)]
+            del logits, loss, grads
+        return dy1, dy2, None, None, None, None, None, None, None, *param_grads
+
+
+def _chunks(n: int, chunk: int) -> list[slice]:
+    return [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+
+
+def _logits(y1, y2, norm, head, backend, grad_into=None) -> Tensor:
+    """head(LayerNorm([y1; y2])) for 2 x (B, c, dim), in the head's dtype under autocast."""
+    device = y1.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else y1.dtype
+    h = layer_norm_to((y1, y2), norm, dtype, grad_into=grad_into, backend=backend)
+    return head(h)  # (B, c, vocab)
+
+
+def chunked_head_loss(
+    y1: Tensor,
+    y2: Tensor,
+    targets: Tensor,
+    n: int,
+    *,
+    norm: nn.LayerNorm,
+    head: nn.Linear,
+    chunk: int,
+    ignore_index: int,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """(summed cross-entropy fp32, number of correct argmax predictions int64) of targets
+    (B, n) against head(norm([y1; y2])) at the first n positions of the streams 2 x (B, L, dim).
+    Differentiable w.r.t. the streams and the norm's and head's parameters."""
+    params = (*norm.parameters(), *head.parameters())
+    return _ChunkedHeadLoss.apply(
+        y1, y2, targets, n, chunk, ignore_index, norm, head, backend, *params
+    )
