@@ -47,3 +47,17 @@ def test_other_ignore_index_and_all_ignored():
     loss = summed_cross_entropy(logits, torch.full((4,), 7), 7)
     loss.backward()
     assert loss.item() == 0 and torch.all(logits.grad == 0)
+
+
+def test_owned_logits_take_their_own_gradient():
+    """logits_owned: the same gradient, written into the logits' own memory."""
+    torch.manual_seed(3)
+    logits = torch.randn(6, 5, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.tensor([0, 4, -100, 2, 1, 3])
+    (want,) = torch.autograd.grad(summed_cross_entropy(logits * 1, targets), [logits])
+    owned = logits * 1  # a non-leaf, as the head's output is
+    captured = {}
+    owned.register_hook(lambda g: captured.setdefault("grad", g))
+    summed_cross_entropy(owned, targets, logits_owned=True).backward()
+    assert captured["grad"].data_ptr() == owned.data_ptr()
+    torch.testing.assert_close(logits.grad, want)

@@ -20,7 +20,7 @@ from .row_blocks import row_blocks
 
 class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+    def forward(ctx, logits: Tensor, targets: Tensor, ignore_index: int, owned: bool) -> Tensor:
         wide = torch.promote_types(logits.dtype, torch.float32)
         counted = targets != ignore_index  # (N,)
         picks = torch.where(counted, targets, 0)  # (N,) any valid class for ignored rows
@@ -29,25 +29,30 @@ class _SummedCrossEntropy(torch.autograd.Function):
         )  # (N,)
         picked = logits.gather(1, picks[:, None]).squeeze(1).to(wide)  # (N,) z_i t_i
         ctx.save_for_backward(logits, picks, counted, lse)
+        ctx.owned = owned
         return ((lse - picked) * counted).sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         logits, picks, counted, lse = ctx.saved_tensors
         scale = grad * counted  # (N,)
-        out = torch.empty_like(logits)
+        out = logits if ctx.owned else torch.empty_like(logits)  # owned: overwritten in place
         for b in row_blocks(*logits.shape):
             d = logits[b].to(lse.dtype).sub_(lse[b, None]).exp_()  # (n, V) softmax, fp32
             d.scatter_add_(1, picks[b, None], torch.full_like(d[:, :1], -1.0))
             out[b] = d.mul_(scale[b, None])
             del d  # before the next block's buffer exists
-        return out, None, None
+        return out, None, None, None
 
 
-def summed_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+def summed_cross_entropy(
+    logits: Tensor, targets: Tensor, ignore_index: int = -100, logits_owned: bool = False
+) -> Tensor:
     """sum over rows whose target is not `ignore_index` of -log softmax(logits)[target], fp32.
 
     logits (N, V) any float dtype, targets (N,) int64; the same value and gradient as
     `F.cross_entropy(logits.float(), targets, ignore_index=..., reduction="sum")`.
+    logits_owned: the caller promises nothing reads the logits after the backward, which then
+    writes their gradient into their own memory (one (N, V) buffer fewer).
     """
-    return _SummedCrossEntropy.apply(logits, targets, ignore_index)
+    return _SummedCrossEntropy.apply(logits, targets, ignore_index, logits_owned)

@@ -52,7 +52,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     y1[:, s], y2[:, s], norm, head, backend, grad_into=(dy1[:, s], dy2[:, s])
                 )
                 t = targets[:, s].reshape(-1)
-                loss = summed_cross_entropy(logits.flatten(0, 1), t, ignore_index)
+                # the logits feed only this loss: their gradient takes their memory
+                loss = summed_cross_entropy(logits.flatten(0, 1), t, ignore_index, True)
             grads = torch.autograd.grad(loss, params, grad_total)
             param_grads = [g if a is None else a + g for a, g in zip(param_grads, grads)]
             del logits, loss, grads

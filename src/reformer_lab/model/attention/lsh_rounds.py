@@ -194,9 +194,9 @@ def _fused_options(q: Tensor, rounds: HashRounds) -> dict:
 
 class _RoundsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, rounds: HashRounds):
+    def forward(ctx, q, k, v, rounds: HashRounds, fused: bool):
         ctx.rounds = rounds
-        ctx.fused = fused_kernels_usable(q, k, v, rounds)
+        ctx.fused = fused  # fused_kernels_usable(q, k, v, rounds), decided by the caller
         if ctx.fused:
             from reformer_lab.kernels import lsh_rounds_forward
 
@@ -226,7 +226,7 @@ class _RoundsFunction(torch.autograd.Function):
                 q, k, v, order, out=out, lse=lses, stats=tuple(stats), dout=dout,
                 **_fused_options(q, ctx.rounds),
             )  # fmt: skip
-            return (*grads, None)
+            return (*grads, None, None)
         q, k, v, out, lses, order = ctx.saved_tensors
         rounds = ctx.rounds
         rounds.order = order
@@ -248,7 +248,7 @@ class _RoundsFunction(torch.autograd.Function):
                 if grad is not None:
                     acc += grad
             del o_r, z_r, round_grads
-        return (grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype), None)
+        return (grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype), None, None)
 
 
 def attend_all_rounds(q: Tensor, k: Tensor | None, v: Tensor, rounds: HashRounds) -> Tensor:
@@ -258,11 +258,13 @@ def attend_all_rounds(q: Tensor, k: Tensor | None, v: Tensor, rounds: HashRounds
     rows of q as they read them, so no key tensor is stored for the backward pass and the
     keys' gradient reaches dq inside the kernels; the torch path forms them here.
     """
-    if k is None and not fused_kernels_usable(q, k, v, rounds):
+    fused = fused_kernels_usable(q, k, v, rounds)  # once: it checks every input
+    if k is None and not fused:
         k = normalize_keys(q)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _RoundsFunction.apply(q, k, v, rounds)
-    if fused_kernels_usable(q, k, v, rounds):
+    needs_grad = q.requires_grad or v.requires_grad or (k is not None and k.requires_grad)
+    if torch.is_grad_enabled() and needs_grad:
+        return _RoundsFunction.apply(q, k, v, rounds, fused)
+    if fused:
         from reformer_lab.kernels import lsh_rounds_forward
 
         with torch.no_grad():
