@@ -9,36 +9,21 @@ CPU interpreter (see test_kernel_triton.py for the fresh-process fallback used h
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+from tests.kernel_interpreter import DEVICE, ON_GPU, READY, in_process, interpreted
 
-import triton.language.standard  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+# isort: split
 
-from reformer_lab.kernels import triton_hashing as th  # noqa: E402
-from reformer_lab.model.attention import hashing  # noqa: E402
-from reformer_lab.model.attention.hashing import hash_buckets, hash_vectors  # noqa: E402
-from tests.interpreter_rerun import rerun_in_fresh_process  # noqa: E402
+from reformer_lab.kernels import triton_hashing as th
+from reformer_lab.model.attention import hashing
+from reformer_lab.model.attention.hashing import hash_buckets, hash_vectors
+from tests.interpreter_rerun import rerun_in_fresh_process
 
-READY = ON_GPU or isinstance(triton.language.standard.sum, InterpretedFunction)
-if READY and not ON_GPU and not isinstance(th._hash_kernel, InterpretedFunction):
-    th = importlib.reload(th)  # imported while the interpreter was off
-in_process = pytest.mark.skipif(
-    not READY, reason="triton was imported before the interpreter was on: see test_in_fresh_process"
-)
-DEVICE = "cuda" if ON_GPU else "cpu"
+th = interpreted(th, "_hash_kernel")
 
 
 def _near_tie(x: torch.Tensor, rotations, tol: float = 1e-4) -> torch.Tensor:

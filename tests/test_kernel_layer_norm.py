@@ -8,36 +8,20 @@ test_kernel_triton.py for the fresh-process fallback used here).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
-
 import pytest
 import torch
 from torch import nn
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+from tests.kernel_interpreter import DEVICE, ON_GPU, READY, in_process, interpreted
 
-import triton.language.standard  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+# isort: split
 
-from reformer_lab.kernels import triton_layer_norm as tln  # noqa: E402
-from reformer_lab.model import layer_norm  # noqa: E402
-from reformer_lab.model.layer_norm import layer_norm_to  # noqa: E402
-from tests.interpreter_rerun import rerun_in_fresh_process  # noqa: E402
+from reformer_lab.kernels import triton_layer_norm as tln
+from reformer_lab.model import layer_norm
+from reformer_lab.model.layer_norm import layer_norm_to
+from tests.interpreter_rerun import rerun_in_fresh_process
 
-READY = ON_GPU or isinstance(triton.language.standard.sum, InterpretedFunction)
-if READY and not ON_GPU and not isinstance(tln._ln_fwd_kernel, InterpretedFunction):
-    tln = importlib.reload(tln)  # imported while the interpreter was off
-in_process = pytest.mark.skipif(
-    not READY, reason="triton was imported before the interpreter was on: see test_in_fresh_process"
-)
-DEVICE = "cuda" if ON_GPU else "cpu"
+tln = interpreted(tln, "_ln_fwd_kernel")
 
 
 def _norm(d: int) -> nn.LayerNorm:

@@ -12,39 +12,22 @@ triton is first imported; see test_kernel_triton.py for the fresh-process fallba
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
-
 import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+from tests.kernel_interpreter import DEVICE, ON_GPU, READY, in_process, interpreted
 
-import triton.language.standard  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+# isort: split
 
-from reformer_lab.kernels import interpreting, lsh_rounds_backward, lsh_rounds_forward  # noqa: E402
-from reformer_lab.kernels import triton_chunked as tc  # noqa: E402
-from reformer_lab.kernels import triton_rounds as tr  # noqa: E402
-from reformer_lab.model.attention import lsh_rounds  # noqa: E402
-from reformer_lab.model.attention.lsh_rounds import HashRounds, merge_rounds  # noqa: E402
-from tests.interpreter_rerun import rerun_in_fresh_process  # noqa: E402
+from reformer_lab.kernels import interpreting, lsh_rounds_backward, lsh_rounds_forward
+from reformer_lab.kernels import triton_chunked as tc
+from reformer_lab.kernels import triton_rounds as tr
+from reformer_lab.model.attention import lsh_rounds
+from reformer_lab.model.attention.lsh_rounds import HashRounds, merge_rounds
+from tests.interpreter_rerun import rerun_in_fresh_process
 
-READY = ON_GPU or isinstance(triton.language.standard.sum, InterpretedFunction)
-if READY and not ON_GPU and not isinstance(tr._round_fwd_kernel, InterpretedFunction):
-    tc = importlib.reload(tc)  # imported while the interpreter was off
-    tr = importlib.reload(tr)
-in_process = pytest.mark.skipif(
-    not READY, reason="triton was imported before the interpreter was on: see test_in_fresh_process"
-)
-
-DEVICE = "cuda" if ON_GPU else "cpu"
+tc = interpreted(tc, "_fwd_kernel")
+tr = interpreted(tr, "_round_fwd_kernel")
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
 
 

@@ -53,7 +53,7 @@ class OpCensus(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.__name__.split(".")[0]
-        if func.is_view or name in NO_DATA:
+        if func.is_view or name in NO_DATA or _self_copy(name, args):
             return out
         tensors = [
             x
@@ -71,6 +71,20 @@ class OpCensus(TorchDispatchMode):
             a, b = _operands(args)
             entry[2] += 2 * a.numel() * b.shape[-1]
         return out
+
+
+def _self_copy(name: str, args) -> bool:
+    """`t[s] += x` ends in copy_(t[s], t[s]): the same memory, which copy_ skips on the GPU."""
+    if name != "copy_" or len(args) < 2:
+        return False
+    dst, src = args[0], args[1]
+    return (
+        isinstance(src, torch.Tensor)
+        and dst.data_ptr() == src.data_ptr()
+        and dst.stride() == src.stride()
+        and dst.shape == src.shape
+        and dst.dtype == src.dtype
+    )
 
 
 def _operands(args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +148,7 @@ def main() -> None:
         f"# {args.config} at {args.seq} tokens, bytes scaled to {args.scale_to}: {total_n} aten ops, "
         f"{sum(launches.values())} Triton launches; non-matmul bytes {glue / 1e9:.2f} GB "
         f"(>= {glue / args.bandwidth * 1e3:.1f} ms at {args.bandwidth / 1e12:.1f} TB/s); "
-        f"matmul {flops / 1e12:.2f} TFLOP"
+        f"matmul {flops / 1e9:.3f} GFLOP"
     )
     print("op                          count   GB      ms(bw)")
     for name, (n, nbytes, _) in rows[: args.top]:

@@ -136,3 +136,28 @@ def test_summed_cross_entropy_holds_one_fp32_block(monkeypatch):
         F.cross_entropy(logits.float(), targets, reduction="sum").backward()
     assert ours.peak <= fp32 // 4 + N * V * 2 + 64 * N, ours.peak_owners[:4]
     assert theirs.peak >= 3 * fp32, theirs.peak_owners[:4]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_op_census_counts_the_fused_launches_and_the_matmul_flops(tmp_path):
+    """op_census.py on a tiny step: every fused kernel of the step is launched (LayerNorm
+    forward and backward, hashing, the rounds), and the matmul FLOPs it counts are those of
+    the model's linear layers (2 x rows x in x out a product, 3 products a layer's backward)."""
+    import subprocess
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {"TRITON_INTERPRET": "1", "PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, str(PERF / "op_census.py"), "--config", "tiny", "--seq", "256",
+         "--scale-to", "256", "--top", "5"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    for kernel in ("_ln_fwd_kernel", "_ln_bwd_kernel", "_hash_kernel", "_round_fwd_kernel",
+                   "_round_dkdv_kernel", "_round_dq_kernel"):  # fmt: skip
+        assert f"'{kernel}'" in out, out
+    gflop = float(out.split("; matmul ")[1].split(" GFLOP")[0])
+    # tiny: 2 layers of q, v, out (64 x 64) and FF (64 x 256, 256 x 64); head 128 x 256
+    per_token = 2 * (3 * 64 * 64 + 2 * 64 * 256) * 2 + 2 * 128 * 256
+    assert 3 * 256 * per_token / 1e9 <= gflop <= 5 * 256 * per_token / 1e9, out

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .fused import triton_allowed
 from .row_blocks import row_blocks
 
 FUSED_ON_CPU_UNDER_INTERPRETER = False
@@ -44,13 +45,7 @@ def fused_usable(
             return False
     if any(p.dtype not in FUSED_DTYPES for p in parts):
         return False
-    try:
-        from reformer_lab import kernels
-    except ImportError:
-        return False
-    if not x.is_cuda and not (FUSED_ON_CPU_UNDER_INTERPRETER and kernels.interpreting()):
-        return False
-    return kernels.triton_available()
+    return triton_allowed(x, backend, FUSED_ON_CPU_UNDER_INTERPRETER)
 
 
 class _LayerNormTo(torch.autograd.Function):

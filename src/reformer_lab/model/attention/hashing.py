@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..fused import triton_allowed
+
 FACTOR_MAX_BUCKETS = 64
 SINGLE_HASH_MAX_BUCKETS = 128
 """Above this many buckets the hash is the product of several angular hashes of at most this
@@ -107,16 +109,11 @@ FUSED_ON_CPU_UNDER_INTERPRETER = False
 
 def fused_hash_usable(x: Tensor, factors: tuple[int, ...], backend: str) -> bool:
     """True when `hash_buckets` runs the fused Triton kernel (see the module docstring)."""
-    if backend not in ("auto", "triton"):
+    if not triton_allowed(x, backend, FUSED_ON_CPU_UNDER_INTERPRETER):
         return False
-    try:
-        from reformer_lab import kernels
-        from reformer_lab.kernels.triton_hashing import fused_hash_supported
-    except ImportError:
-        return False
-    if not x.is_cuda and not (FUSED_ON_CPU_UNDER_INTERPRETER and kernels.interpreting()):
-        return False
-    return kernels.triton_available() and fused_hash_supported(x, factors)
+    from reformer_lab.kernels.triton_hashing import fused_hash_supported
+
+    return fused_hash_supported(x, factors)
 
 
 def hash_buckets(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..fused import triton_allowed
 from .backend import chunked_attention
 from .chunked import look_back, normalize_keys
 
@@ -163,23 +164,21 @@ FUSED_ON_CPU_UNDER_INTERPRETER = False
 def fused_kernels_usable(q: Tensor, k: Tensor | None, v: Tensor, rounds: HashRounds) -> bool:
     """True when the fused round kernels compute this call (see the module docstring)."""
     k = q if k is None else k  # shared-QK keys have q's shape and dtype
-    if not USE_FUSED_ROUNDS or rounds.backend not in ("auto", "triton"):
+    if not USE_FUSED_ROUNDS or not triton_allowed(
+        q, rounds.backend, FUSED_ON_CPU_UNDER_INTERPRETER
+    ):
         return False
     if rounds.dedup and rounds.n_rounds > 1:  # the duplicate correction is a score bias
         return False
-    try:
-        from reformer_lab import kernels
-    except ImportError:
-        return False
-    if not q.is_cuda and not (FUSED_ON_CPU_UNDER_INTERPRETER and kernels.interpreting()):
-        return False
+    from reformer_lab import kernels
+
     try:
         kernels.check_rounds_inputs(
             q, k, v, rounds.order, rounds.chunk_size, rounds.key_valid, rounds.buckets
         )
     except ValueError:  # a shape, dtype or option the kernels do not take
         return False
-    return kernels.triton_available()
+    return True
 
 
 def _fused_options(q: Tensor, rounds: HashRounds) -> dict:
