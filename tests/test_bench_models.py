@@ -76,7 +76,7 @@ def test_reformer_lab_is_built_reversible_chunked_with_axial_shape_of_the_length
     assert (cfg.dim, cfg.depth, cfg.heads, cfg.bucket_size, cfg.n_hashes) == (512, 6, 8, 64, 4)
     assert cfg.causal and cfg.reversible and cfg.attention == "lsh" and cfg.dropout == 0.0
     assert cfg.max_seq_len == 65536 and tuple(cfg.axial_shape) == (256, 256)
-    assert cfg.ff_chunks == 2 and built.settings["ff_chunks"] == 2  # 32K positions per chunk
+    assert cfg.ff_chunks == 4 and built.settings["ff_chunks"] == 4  # 16K positions per chunk
 
 
 def test_reformer_lab_loss_predicts_the_next_token() -> None:

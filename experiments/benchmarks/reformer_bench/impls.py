@@ -30,10 +30,12 @@ REFORMER_LAB_KNOBS = (
     "loss_chunk",
     "backend",
 )
-REFORMER_LAB_FF_CHUNK_TOKENS = 32768
+REFORMER_LAB_FF_CHUNK_TOKENS = 16384
 """reformer-lab recomputes the feed-forward chunk by chunk in its reversible backward, so a
-chunk's hidden activation is the only one alive; 32K positions (128 MB of bf16 hidden at
-d_ff 2048) keeps the kernel count low without costing memory that matters."""
+chunk's hidden activations are the only ones alive: at 32K positions they (~640 MB at
+d_ff 2048: pre-activation, GELU output and both gradients in bf16) set base @ 64K's 1.46 GB
+peak on an H200 (`experiments/perf/memory_peak.py`); 16K positions halve them for a few dozen
+more kernels per layer."""
 HF_KNOBS = ("axial_pos_shape", "axial_pos_embds_dim", "chunk_size_feed_forward",
             "lsh_attn_chunk_length", "num_hashes", "hidden_act")  # fmt: skip
 LUCIDRAINS_DISTRIBUTIONS = ("reformer-pytorch", "local-attention", "axial-positional-embedding",

@@ -226,8 +226,10 @@ def lsh_rounds_backward(
     return grads
 
 
-ACCUMULATOR_BYTES = 32 << 20
-"""Memory for the backward's fp32 round accumulators: heads are taken in passes that fit."""
+ACCUMULATOR_BYTES = 64 << 20
+"""Memory for the backward's fp32 round accumulators: heads are taken in passes that fit
+(base @ 64K: two heads a pass, 4 passes of 8 launches a layer; each launch costs the host
+tens of microseconds, which the GPU waits for at this size)."""
 
 
 def accumulator_passes(shape: torch.Size, n_rounds: int) -> list[slice]:
