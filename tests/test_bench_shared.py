@@ -174,3 +174,17 @@ def test_measure_guarded_turns_failures_into_statuses(error, status, message) ->
     assert list(result)[:3] == ["torch", "cuda", "batch"] and result["batch"] == 4
     assert result["gpu"] == "cpu" and result["phase"] == "build"
     assert "phase_started_unix" not in result
+
+
+def test_git_commit_from_the_environment_wins_over_a_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU machine's copy of the tree carried a .git older than its files (2026-12-02):
+    a commit named in $BENCH_GIT_COMMIT is the one recorded."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.py").write_text("x = 1\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    monkeypatch.setenv("BENCH_GIT_COMMIT", "abc1234")
+    assert git_commit(tmp_path, ["src"]) == "abc1234"

@@ -19,7 +19,10 @@ Render = Callable[[Path], list[Path]]
 
 def git_commit(repo: Path, paths: Sequence[str]) -> str | None:
     """The repository's short commit, '-dirty' if any of `paths` (relative to `repo`) has
-    uncommitted changes; $BENCH_GIT_COMMIT where there is no .git (the GPU machine's copy)."""
+    uncommitted changes; $BENCH_GIT_COMMIT when it is set (the GPU machine's copy of the tree
+    can carry a .git older than its files)."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=10)  # fmt: skip
