@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .cross_entropy import summed_cross_entropy
-from .layer_norm import layer_norm_to
+from .layer_norm import layer_norm_to, matmul_dtype
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -66,9 +66,7 @@ def _chunks(n: int, chunk: int) -> list[slice]:
 
 def _logits(y1, y2, norm, head, backend, grad_into=None) -> Tensor:
     """head(LayerNorm([y1; y2])) for 2 x (B, c, dim), in the head's dtype under autocast."""
-    device = y1.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else y1.dtype
-    h = layer_norm_to((y1, y2), norm, dtype, grad_into=grad_into, backend=backend)
+    h = layer_norm_to((y1, y2), norm, matmul_dtype(y1), grad_into=grad_into, backend=backend)
     return head(h)  # (B, c, vocab)
 
 

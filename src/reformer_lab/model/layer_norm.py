@@ -141,6 +141,13 @@ def _torch_backward(
     return None if dx is None else dx.view(x.shape), dw, db
 
 
+def matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the matmuls after a LayerNorm compute in: autocast's, else x's, so that one
+    LN output in that dtype serves every projection reading it."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def _rows_view(t: Tensor) -> Tensor | None:
     """t as (rows, d) without a copy, or None where its strides do not allow it."""
     try:

@@ -23,7 +23,7 @@ from .attention import SelfAttention
 from .config import ReformerConfig
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
 from .head_loss import chunked_head_loss
-from .layer_norm import layer_norm_to
+from .layer_norm import layer_norm_to, matmul_dtype
 from .positional import AxialPositionalEmbedding
 from .reversible import ReversibleLayer, RngState, add_grads, replaying, run_layers
 
@@ -206,15 +206,17 @@ class AttentionBranch(nn.Module):
             cols = w_grad[:, heads.start * self.head_dim : heads.stop * self.head_dim]
             d_out = torch.empty_like(out)  # (B, L, h*d)
             with torch.no_grad():
+                w_low = w.to(out.dtype)  # (dim, h*d) in the matmuls' dtype
                 for s in self.projection_chunks(x):
                     o_s = out[:, s].detach()  # (B, l, h*d)
-                    y[:, s] -= F.linear(o_s, w, b)
+                    y[:, s] -= F.linear(o_s, w, b)  # as the forward: w cast under autocast
                     g = grad[:, s].to(out.dtype)  # (B, l, dim)
-                    d_out[:, s] = g @ w.to(out.dtype)
+                    d_out[:, s] = g @ w_low
                     cols += (g.flatten(0, 1).T @ o_s.flatten(0, 1)).to(cols.dtype)
                     if b is not None:
                         b_grad += g.sum((0, 1)).to(b_grad.dtype)
                     del o_s, g
+                del w_low
             grads = torch.autograd.grad(out, [x, *inner], d_out, allow_unused=True)
             assert grads[0] is None  # it went into dx
             inner_grads = [add_grads(a, g) for a, g in zip(inner_grads, grads[1:])]
@@ -222,12 +224,6 @@ class AttentionBranch(nn.Module):
         by_param = {id(p): g for p, g in zip(inner, inner_grads)}
         by_param |= {id(to_out.weight): w_grad, id(to_out.bias): b_grad}
         return [by_param[id(p)] for p in params]
-
-
-def matmul_dtype(x: Tensor) -> torch.dtype:
-    """The dtype the projections compute in: autocast's, else x's (one LN output for all)."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def add_part(out: Tensor | None, part: Tensor) -> Tensor:
