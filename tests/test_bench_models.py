@@ -15,7 +15,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from reformer_bench.availability import missing_reason  # noqa: E402
-from reformer_bench.impls import BUILDERS  # noqa: E402
+from reformer_bench.impls import BUILDERS, reformer_lab_ff_chunks  # noqa: E402
 from reformer_bench.measure import RunSpec, run_one  # noqa: E402
 from reformer_bench.plain_transformer import PlainTransformerLM  # noqa: E402
 from reformer_bench.settings import SIZES, axial_factors, check_seq, ff_chunk_count  # noqa: E402
@@ -77,6 +77,8 @@ def test_reformer_lab_is_built_reversible_chunked_with_axial_shape_of_the_length
     assert cfg.causal and cfg.reversible and cfg.attention == "lsh" and cfg.dropout == 0.0
     assert cfg.max_seq_len == 65536 and tuple(cfg.axial_shape) == (256, 256)
     assert cfg.ff_chunks == 4 and built.settings["ff_chunks"] == 4  # 16K positions per chunk
+    # sized by hidden elements: tiny's d_ff 256 takes 128K positions a chunk
+    assert [reformer_lab_ff_chunks(TINY, n) for n in (65536, 1 << 20)] == [1, 8]
 
 
 def test_reformer_lab_loss_predicts_the_next_token() -> None:

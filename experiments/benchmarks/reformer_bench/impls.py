@@ -30,12 +30,13 @@ REFORMER_LAB_KNOBS = (
     "loss_chunk",
     "backend",
 )
-REFORMER_LAB_FF_CHUNK_TOKENS = 16384
+REFORMER_LAB_FF_CHUNK_ELEMENTS = 16384 * 2048
 """reformer-lab recomputes the feed-forward chunk by chunk in its reversible backward, so a
-chunk's hidden activations are the only ones alive: at 32K positions they (~640 MB at
-d_ff 2048: pre-activation, GELU output and both gradients in bf16) set base @ 64K's 1.46 GB
-peak on an H200 (`experiments/perf/memory_peak.py`); 16K positions halve them for a few dozen
-more kernels per layer."""
+chunk's hidden activations are the only ones alive: at 32K positions of base (d_ff 2048;
+~640 MB: pre-activation, GELU output and both gradients in bf16) they set base @ 64K's 1.46 GB
+peak on an H200 (`experiments/perf/memory_peak.py`); 16K positions halve them. The chunk is
+sized by hidden elements, not positions: tiny's d_ff of 256 takes 128K positions a chunk (one
+chunk at 64K), where 16K positions quadrupled the launches of a step that is host-bound."""
 HF_KNOBS = ("axial_pos_shape", "axial_pos_embds_dim", "chunk_size_feed_forward",
             "lsh_attn_chunk_length", "num_hashes", "hidden_act")  # fmt: skip
 LUCIDRAINS_DISTRIBUTIONS = ("reformer-pytorch", "local-attention", "axial-positional-embedding",
@@ -49,6 +50,14 @@ class Built:
     loss: LossFn
     version: str
     settings: dict[str, Any] = field(default_factory=dict)
+    step: LossFn | None = None
+    """The whole training step of the tokens (gradients, backward) where the implementation
+    runs it itself (a captured CUDA graph); None: the harness's eager step around `loss`."""
+
+
+def reformer_lab_ff_chunks(size: ModelSize, seq: int) -> int:
+    """Feed-forward chunks of at most REFORMER_LAB_FF_CHUNK_ELEMENTS hidden activations."""
+    return max(1, -(-seq * size.ff_mult * size.dim // REFORMER_LAB_FF_CHUNK_ELEMENTS))
 
 
 def package_version(distribution: str) -> str:
@@ -66,7 +75,7 @@ def build_reformer_lab(size: ModelSize, seq: int) -> Built:
         vocab_size=size.vocab_size, dim=size.dim, depth=size.depth, heads=size.heads,
         ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size,
         n_hashes=size.n_hashes, causal=True, attention="lsh", reversible=True,
-        ff_chunks=max(1, seq // REFORMER_LAB_FF_CHUNK_TOKENS), axial_shape=axial_factors(seq),
+        ff_chunks=reformer_lab_ff_chunks(size, seq), axial_shape=axial_factors(seq),
         dropout=0.0,
     )  # fmt: skip
     model = ReformerLM(cfg)
@@ -76,6 +85,29 @@ def build_reformer_lab(size: ModelSize, seq: int) -> Built:
 
     settings = {key: getattr(cfg, key) for key in REFORMER_LAB_KNOBS}
     return Built(model, loss, f"reformer-lab {reformer_lab.__version__}", settings)
+
+
+def build_reformer_lab_graph(size: ModelSize, seq: int) -> Built:
+    """reformer-lab's step captured once as a CUDA graph and replayed (`CapturedTrainingStep`):
+    the same model, kernels and rotations, without the host's launches between kernels.
+
+    The capture happens in the harness's warm-up step, after an eager step of its own, and the
+    peak memory is read from the start of the warm-up (`peak_from_warm_up`), so it covers the
+    eager step, the capture and the replays: a replay allocates nothing the allocator could see."""
+    built = build_reformer_lab(size, seq)
+    captured = {}
+
+    def step(tokens: Tensor) -> Tensor:  # tokens (1, seq + 1)
+        from reformer_lab.model.captured_step import CapturedTrainingStep
+
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if "step" not in captured:
+            captured["step"] = CapturedTrainingStep(built.model, inputs, targets)
+        return captured["step"](inputs, targets)
+
+    built.step = step
+    built.settings["cuda_graph"] = True
+    return built
 
 
 def build_hf(size: ModelSize, seq: int) -> Built:
@@ -146,6 +178,7 @@ def build_full(size: ModelSize, seq: int, checkpoint_blocks: bool = False) -> Bu
 
 BUILDERS: dict[str, Callable[[ModelSize, int], Built]] = {
     "reformer-lab": build_reformer_lab,
+    "reformer-lab-graph": build_reformer_lab_graph,
     "hf": build_hf,
     "lucidrains": build_lucidrains,
     "full": build_full,

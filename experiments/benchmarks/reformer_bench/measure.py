@@ -6,7 +6,8 @@ optimizer. One warm-up step first (allocator growth, kernel selection and compil
 of the numbers), then `torch.cuda.reset_peak_memory_stats()`, then at least `min_steps` timed
 steps, each between two CUDA events; the result is their median. Peak memory is
 `torch.cuda.max_memory_allocated()` over the timed steps (weights, gradients and activations;
-not the allocator's cached-but-free blocks), in GB = 1e9 bytes. On the CPU (the test mode)
+not the allocator's cached-but-free blocks), in GB = 1e9 bytes; for a step captured in a CUDA
+graph (reformer-lab-graph), over the warm-up (eager step and capture) and the timed steps. On the CPU (the test mode)
 steps are timed with `time.perf_counter` and memory is not measured (peak_gb is null).
 
 Timed steps continue until `target_s` of timed work or `max_steps`; a step that would end past
@@ -68,7 +69,7 @@ def _measure(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
     def step() -> torch.Tensor:
         return _training_step(built, tokens, device.type)
 
-    warmup_s = warm_up(step, device, result)
+    warmup_s = warm_up(step, device, result, peak_from_warm_up=built.step is not None)
     if device.type == "cuda":
         result["static_gb"] = torch.cuda.memory_allocated(device) / 1e9
 
@@ -93,7 +94,11 @@ def _measure(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _training_step(built: Built, tokens: torch.Tensor, device_type: str) -> torch.Tensor:
-    """Drop the gradients, forward + loss under bf16 autocast, backward; returns the loss."""
+    """Drop the gradients, forward + loss under bf16 autocast, backward; returns the loss.
+    (An implementation with its own `step` runs that instead: a captured graph overwrites its
+    gradients in place.)"""
+    if built.step is not None:
+        return built.step(tokens).detach().clone()
     built.model.zero_grad(set_to_none=True)
     with torch.autocast(device_type, dtype=torch.bfloat16):
         loss = built.loss(tokens)  # scalar

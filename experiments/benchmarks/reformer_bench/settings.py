@@ -35,7 +35,14 @@ SIZES: dict[str, ModelSize] = {
 
 SEQ_LENGTHS: tuple[int, ...] = (4096, 16384, 65536, 262144, 1048576)  # 4K ... 1M
 
-IMPLS: tuple[str, ...] = ("reformer-lab", "full-ckpt", "full", "hf", "lucidrains")
+IMPLS: tuple[str, ...] = (
+    "reformer-lab",
+    "reformer-lab-graph",
+    "full-ckpt",
+    "full",
+    "hf",
+    "lucidrains",
+)
 """All implementations, in the order the matrix runs them (most important first)."""
 
 FF_CHUNK_TOKENS = 8192

@@ -57,9 +57,17 @@ def measure_guarded(
     return result
 
 
-def warm_up(step: Step, device: torch.device, result: dict[str, Any]) -> float:
-    """Run the warm-up step, check its loss, reset the peak memory; returns its seconds."""
+def warm_up(
+    step: Step, device: torch.device, result: dict[str, Any], peak_from_warm_up: bool = False
+) -> float:
+    """Run the warm-up step, check its loss, reset the peak memory; returns its seconds.
+
+    peak_from_warm_up: reset the peak before the warm-up instead, for a step whose warm-up
+    allocates what the timed steps then use without the allocator seeing it (a CUDA graph's
+    capture)."""
     enter(result, "warm-up")
+    if peak_from_warm_up and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     loss = step()
     synchronize(device)
@@ -67,7 +75,7 @@ def warm_up(step: Step, device: torch.device, result: dict[str, Any]) -> float:
     if not torch.isfinite(loss):
         raise RuntimeError(f"the warm-up loss is {loss.item()}: the step is not valid")
     result["warmup_ms"] = 1e3 * warmup_s
-    if device.type == "cuda":
+    if device.type == "cuda" and not peak_from_warm_up:
         torch.cuda.reset_peak_memory_stats(device)
     return warmup_s
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reformer_bench.impls import REFORMER_LAB_FF_CHUNK_TOKENS
+from reformer_bench.impls import reformer_lab_ff_chunks
 from reformer_bench.settings import ModelSize, axial_factors, check_seq
 
 IMPLS: tuple[str, ...] = ("full", "full-shared-qk", "lsh1", "lsh2", "lsh4", "lsh8")
@@ -86,7 +86,7 @@ def build_config(impl: str, size: ModelSize, seq: int):
     return ReformerConfig(
         vocab_size=size.vocab_size, dim=size.dim, depth=size.depth, heads=size.heads,
         ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size, causal=True,
-        reversible=True, ff_chunks=max(1, seq // REFORMER_LAB_FF_CHUNK_TOKENS),
+        reversible=True, ff_chunks=reformer_lab_ff_chunks(size, seq),
         axial_shape=axial_factors(seq), dropout=0.0, **attention_settings(impl, size),
     )  # fmt: skip
 

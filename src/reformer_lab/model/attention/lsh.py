@@ -61,16 +61,58 @@ class LSHAttentionCore(nn.Module):
         self.register_buffer("hash_step", torch.zeros((), dtype=torch.long))
         self._next_step = 0  # host copy of hash_step: reading the buffer would sync the GPU
         self._eval_rotations: dict[tuple, list[Tensor]] = {}
+        # Set by `stage_rotations` for a CUDA-graph-captured step: the training rotations are
+        # read from these buffers, which `next_staged_step` refills outside the graph.
+        self._staged: dict[tuple, list[Tensor]] | None = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._next_step = int(self.hash_step)  # resume from the checkpoint's step
 
     # --- hashing --------------------------------------------------------------------
+    def advance_step(self) -> int:
+        """Count one more training step (host copy and buffer); returns the step to hash with."""
+        self._next_step += 1
+        self.hash_step.fill_(self._next_step)
+        return self._next_step - 1
+
+    def stage_rotations(self, staged: bool = True) -> None:
+        """Staged mode, for a training step captured in a CUDA graph (`captured_step.py`).
+
+        A graph replays the kernels it recorded with the values they had at capture, so a
+        rotation drawn, or a step counted, inside it would be the same at every replay. Staged,
+        the forward pass neither counts the step nor draws: it reads static rotation buffers
+        (made on the first call, before capture) which `next_staged_step` refills, outside the
+        graph, with the very rotations the eager step would draw. `staged=False` returns to
+        the eager mode."""
+        self._staged = {} if staged else None
+
+    def next_staged_step(self) -> None:
+        """Staged mode: count the next training step and draw its rotations into the buffers."""
+        step = self.advance_step()
+        for (factors, n_hashes, device), buffers in self._staged.items():
+            seed = mix_seed(self.seed, self.layer_index, step)
+            drawn = draw_rotations(factors, self.heads, n_hashes, self.head_dim, seed, device)
+            for buffer, rotation in zip(buffers, drawn):
+                buffer.copy_(rotation)
+
     def rotations(
         self, factors: tuple[int, ...], n_hashes: int, device: torch.device, step: int
     ) -> list[Tensor]:
         """Rotations of every head for a training step, or the fixed eval ones (step -1)."""
+        if step != EVAL_STEP and self._staged is not None:
+            key = (factors, n_hashes, device)
+            if key not in self._staged:
+                if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                    raise RuntimeError(
+                        "staged LSH rotations must exist before the CUDA graph is captured: "
+                        "run one step at the captured shape first"
+                    )
+                seed = mix_seed(self.seed, self.layer_index, step)
+                self._staged[key] = draw_rotations(
+                    factors, self.heads, n_hashes, self.head_dim, seed, device
+                )
+            return self._staged[key]
         if step != EVAL_STEP:
             seed = mix_seed(self.seed, self.layer_index, step)
             return draw_rotations(factors, self.heads, n_hashes, self.head_dim, seed, device)
@@ -123,10 +165,9 @@ class LSHAttentionCore(nn.Module):
             step = EVAL_STEP
             if self.training:
                 # One fresh draw per forward pass: the first head group advances the step,
-                # the others hash with the same rotations.
-                if heads.start == 0:
-                    self._next_step += 1
-                    self.hash_step.fill_(self._next_step)
+                # the others hash with the same rotations (staged: `next_staged_step` did).
+                if heads.start == 0 and self._staged is None:
+                    self.advance_step()
                 step = self._next_step - 1
             with torch.no_grad():
                 buckets = self.buckets(q.detach(), key_valid, R, heads, step)  # (B, h, R, L)

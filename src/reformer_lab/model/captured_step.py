@@ -1,0 +1,123 @@
+"""A whole training step of a `ReformerLM` (forward, chunked loss, reversible backward) recorded
+once as a CUDA graph and replayed, for inputs of one fixed shape.
+
+Why: a step launches ~2,000 kernels (base @ 64K) and many are small; each costs the host tens
+of microseconds of Python, so the GPU waits for the host for part of every step (most of a
+small model's). A replay launches the recorded kernels with no Python in between.
+
+What changes for the caller:
+- inputs and targets are copied into static buffers, so every call has the captured shape;
+- the LSH cores run staged (`LSHAttentionCore.stage_rotations`): each call counts the step
+  and draws its rotations outside the graph, exactly as the eager step would, so a captured
+  run hashes identically to an eager one (same `hash_step`, same buckets);
+- the parameters' `.grad` tensors belong to the graph and each replay overwrites them (no
+  accumulation): zero them with `set_to_none=False` or not at all, never set them to None;
+- the graph's memory pool stays reserved while the step object lives.
+Dropout is refused: the reversible recompute replays its masks from saved RNG states, which
+a graph cannot read.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .attention.lsh import LSHAttentionCore
+from .lm import ReformerLM
+
+
+class CapturedTrainingStep:
+    """`step(inputs, targets)` = `model.loss(inputs, targets).loss.backward()` under autocast,
+    replayed from a CUDA graph; returns the loss (a graph-owned scalar: copy it to keep it).
+
+    inputs, targets: (B, N) int64 tokens, the shape every call must have. `warmup_steps`
+    eager steps (on a side stream, as CUDA graphs require) compile the kernels and make the
+    staged rotation buffers first; they are training steps of their own for the hash counter
+    only, which is rewound, so the first replay hashes as the first eager step would.
+    """
+
+    def __init__(
+        self,
+        model: ReformerLM,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        autocast_dtype: torch.dtype | None = torch.bfloat16,
+        warmup_steps: int = 1,
+    ) -> None:
+        _check_capturable(model, inputs, targets, warmup_steps)
+        self.model, self.autocast_dtype = model, autocast_dtype
+        self.inputs, self.targets = inputs.clone(), targets.clone()  # static (B, N) buffers
+        self.cores = [m for m in model.modules() if isinstance(m, LSHAttentionCore)]
+        for core in self.cores:
+            core.stage_rotations()
+        start_steps = [core._next_step for core in self.cores]
+
+        side = torch.cuda.Stream(device=inputs.device)
+        side.wait_stream(torch.cuda.current_stream(inputs.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup_steps):
+                model.zero_grad(set_to_none=True)
+                self._next_rotations()
+                self._loss().backward()
+        torch.cuda.current_stream(inputs.device).wait_stream(side)
+        for core, step in zip(self.cores, start_steps):  # rewind: warm-ups do not count
+            core._next_step = step
+            core.hash_step.fill_(step)
+
+        model.zero_grad(set_to_none=True)  # the backward in the graph makes graph-owned grads
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            loss = self._loss()
+            loss.backward()
+        self.loss = loss.detach()
+
+    def _loss(self) -> Tensor:
+        device_type = self.inputs.device.type
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(device_type, self.autocast_dtype, enabled=enabled, cache_enabled=False):
+            return self.model.loss(self.inputs, self.targets).loss
+
+    def _next_rotations(self) -> None:
+        for core in self.cores:
+            core.next_staged_step()
+
+    def __call__(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        if inputs.shape != self.inputs.shape or targets.shape != self.targets.shape:
+            raise ValueError(
+                f"a captured step takes inputs and targets of shape {tuple(self.inputs.shape)}; "
+                f"got {tuple(inputs.shape)} and {tuple(targets.shape)}"
+            )
+        self.inputs.copy_(inputs)
+        self.targets.copy_(targets)
+        self._next_rotations()
+        self.graph.replay()
+        return self.loss
+
+    def release(self) -> None:
+        """Return the LSH cores to the eager mode and drop the graph (and its memory pool)."""
+        for core in self.cores:
+            core.stage_rotations(False)
+        self.graph.reset()
+
+
+def _check_capturable(model: ReformerLM, inputs: Tensor, targets: Tensor, warmup: int) -> None:
+    """Bad input fails here, before any step runs."""
+    if not inputs.is_cuda:
+        raise ValueError(f"a captured step needs CUDA tensors; the inputs are on {inputs.device}")
+    if inputs.shape != targets.shape or inputs.dim() != 2:
+        raise ValueError(
+            f"inputs and targets must be (B, N) of one shape; got {tuple(inputs.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    if any(p.device != inputs.device for p in model.parameters()):
+        raise ValueError(f"the model's parameters must be on {inputs.device}, as the inputs")
+    if not model.training:
+        raise ValueError("a captured training step needs the model in training mode")
+    if model.cfg.dropout > 0:
+        raise ValueError(
+            f"dropout {model.cfg.dropout} cannot be captured (the reversible recompute replays "
+            "its masks from RNG states a CUDA graph cannot read); use dropout=0"
+        )
+    if warmup < 1:
+        raise ValueError(f"warmup_steps must be >= 1 (kernels compile there); got {warmup}")
