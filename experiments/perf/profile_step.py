@@ -95,6 +95,42 @@ def profile(
     )
 
 
+def profile_captured(
+    config: str,
+    seq: int,
+    backend: str,
+    steps: int,
+    ff_chunks: int,
+    attn_chunks: int | str,
+    loss_chunk: int | None = None,
+) -> dict:
+    """The same step captured as a CUDA graph (`CapturedTrainingStep`) and replayed; its peak
+    covers the capture (an eager warm-up step and the recording), as a replay allocates nothing."""
+    from reformer_lab.model.captured_step import CapturedTrainingStep
+
+    model = build(config, seq, backend, ff_chunks, attn_chunks, loss_chunk)
+    tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step = CapturedTrainingStep(model, inputs, targets)
+    step_ms = []
+    for i in range(steps + 1):
+        start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        start.record()
+        step(inputs, targets)
+        end.record()
+        torch.cuda.synchronize()
+        if i:  # the first replay warms up
+            step_ms.append(start.elapsed_time(end))
+    med = statistics.median(step_ms)
+    return dict(
+        config=config, seq=seq, backend=f"{backend}/a{attn_chunks}/graph", fwd_peak_gb="-",
+        peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3), fwd_ms="-",
+        step_ms=round(med, 2), tok_per_s=round(seq / med * 1e3),
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", nargs="+", default=["base"], choices=sorted(SIZES))
@@ -115,6 +151,14 @@ def main() -> None:
         "--loss-chunk", type=int, default=None, help="positions per loss chunk (default: model's)"
     )
     parser.add_argument(
+        "--graph", action="store_true", help="time the step captured as a CUDA graph instead"
+    )
+    parser.add_argument(
+        "--keep-workspaces",
+        action="store_true",
+        help="keep cuBLAS's idle workspaces through the backward (model.cublas_workspace.RELEASE)",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="also print the top CUDA kernels of one step (torch.profiler)",
@@ -124,13 +168,17 @@ def main() -> None:
         from reformer_lab.kernels import rounds
 
         rounds.ACCUMULATOR_BYTES = args.acc_mib << 20
+    if args.keep_workspaces:
+        from reformer_lab.model import cublas_workspace
+
+        cublas_workspace.RELEASE = False
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     print("config  seq      backend  fwd_peak_gb  peak_gb  fwd_ms    step_ms   tok/s", flush=True)
     for config in args.config:
         for seq in args.seq:
             for backend, attn_chunks in [(b, a) for b in args.backend for a in args.attn_chunks]:
                 try:
-                    r = profile(
+                    r = (profile_captured if args.graph else profile)(
                         config,
                         seq,
                         backend,

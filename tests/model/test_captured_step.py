@@ -116,3 +116,5 @@ def test_captured_step_equals_eager_steps(backend):
     assert [int(c.hash_step) for c in cores(captured)] == [int(c.hash_step) for c in cores(eager)]
     with pytest.raises(ValueError, match="captured step takes"):
         step(tokens[:, :512], targets[:, :512])
+    with pytest.raises(ValueError, match="token ids span"):  # checked before the replay
+        step(torch.full_like(tokens, 19), targets)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .attention.lsh import LSHAttentionCore
-from .lm import ReformerLM
+from .lm import ReformerLM, check_token_range
 
 
 class CapturedTrainingStep:
@@ -88,6 +88,7 @@ class CapturedTrainingStep:
                 f"a captured step takes inputs and targets of shape {tuple(self.inputs.shape)}; "
                 f"got {tuple(inputs.shape)} and {tuple(targets.shape)}"
             )
+        check_token_range(inputs, self.model.cfg.vocab_size)  # the graph cannot (a sync)
         self.inputs.copy_(inputs)
         self.targets.copy_(targets)
         self._next_rotations()

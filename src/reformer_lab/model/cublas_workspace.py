@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import torch
 
+RELEASE = True
+"""False keeps the workspaces (for a comparison: `experiments/perf/profile_step.py --keep-workspaces`)."""
+
 
 def release_cublas_workspaces(device: torch.device) -> None:
     """Free every idle cuBLAS workspace on CUDA (a no-op elsewhere, or inside a graph capture,
     whose workspaces belong to the graph). Safe at any point: a freed block is reused only in
     the order of its stream, after the kernels that used it."""
-    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    if not RELEASE or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # private; absent: keep them
     if clear is not None:

@@ -45,6 +45,13 @@ PROJECTION_CHUNK_ELEMENTS = 1 << 24
 passes (32 MiB in bf16: 32K positions at d 512)."""
 
 
+def check_token_range(tokens: Tensor, vocab_size: int) -> None:
+    """Token ids outside [0, vocab_size) fail here with their span (one device sync)."""
+    lo, hi = (int(v) for v in torch.aminmax(tokens))
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids span [{lo}, {hi}] but vocab_size={vocab_size}")
+
+
 class AttentionBranch(nn.Module):
     """F(x) = Dropout(Attention(LayerNorm(x))), heads computed in `attn_chunks` groups.
 
@@ -279,9 +286,8 @@ class ReformerLM(nn.Module):
                 f"sequence length {n} must be in 1..max_seq_len={cfg.max_seq_len}: "
                 f"raise max_seq_len (and axial_shape) or crop the input"
             )
-        lo, hi = (int(v) for v in torch.aminmax(tokens))  # one device sync
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise ValueError(f"token ids span [{lo}, {hi}] but vocab_size={cfg.vocab_size}")
+        if not (tokens.is_cuda and torch.cuda.is_current_stream_capturing()):
+            check_token_range(tokens, cfg.vocab_size)  # (a graph's caller checks each replay)
         if key_padding_mask is not None and (
             key_padding_mask.shape != tokens.shape or key_padding_mask.dtype != torch.bool
         ):
