@@ -154,11 +154,6 @@ def main() -> None:
         "--graph", action="store_true", help="time the step captured as a CUDA graph instead"
     )
     parser.add_argument(
-        "--keep-workspaces",
-        action="store_true",
-        help="keep cuBLAS's idle workspaces through the backward (model.cublas_workspace.RELEASE)",
-    )
-    parser.add_argument(
         "--trace",
         action="store_true",
         help="also print the top CUDA kernels of one step (torch.profiler)",
@@ -168,10 +163,6 @@ def main() -> None:
         from reformer_lab.kernels import rounds
 
         rounds.ACCUMULATOR_BYTES = args.acc_mib << 20
-    if args.keep_workspaces:
-        from reformer_lab.model import cublas_workspace
-
-        cublas_workspace.RELEASE = False
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     print("config  seq      backend  fwd_peak_gb  peak_gb  fwd_ms    step_ms   tok/s", flush=True)
     for config in args.config:

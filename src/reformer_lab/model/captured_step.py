@@ -61,9 +61,7 @@ class CapturedTrainingStep:
                 self._next_rotations()
                 self._loss().backward()
         torch.cuda.current_stream(inputs.device).wait_stream(side)
-        for core, step in zip(self.cores, start_steps):  # rewind: warm-ups do not count
-            core._next_step = step
-            core.hash_step.fill_(step)
+        torch.cuda.empty_cache()  # the warm-ups' cached blocks: the graph's pool needs the room
 
         model.zero_grad(set_to_none=True)  # the backward in the graph makes graph-owned grads
         self.graph = torch.cuda.CUDAGraph()
@@ -71,6 +69,9 @@ class CapturedTrainingStep:
             loss = self._loss()
             loss.backward()
         self.loss = loss.detach()
+        for core, step in zip(self.cores, start_steps):  # rewind: warm-ups do not count
+            core._next_step = step
+            core.hash_step.fill_(step)
 
     def _loss(self) -> Tensor:
         device_type = self.inputs.device.type

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from .attention import SelfAttention
 from .config import ReformerConfig
-from .cublas_workspace import release_cublas_workspaces
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
 from .head_loss import chunked_head_loss
 from .layer_norm import layer_norm_to, matmul_dtype
@@ -391,7 +390,6 @@ class ReformerLM(nn.Module):
             chunk=self.cfg.loss_chunk, ignore_index=ignore_index, backend=self.cfg.backend,
         )  # fmt: skip
         n_tokens = (targets != ignore_index).sum()
-        release_cublas_workspaces(tokens.device)  # the backward makes its own (one, not two)
         return LMLoss(total / n_tokens.clamp(min=1), n_tokens, n_correct)
 
     def num_parameters(self) -> int:
