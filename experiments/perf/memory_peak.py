@@ -74,11 +74,12 @@ def main() -> None:
     parser.add_argument("--seq", type=int, nargs="+", default=[65536])
     parser.add_argument("--ff-chunks", type=int, default=32768, help="positions per FF chunk")
     parser.add_argument("--attn-chunks", default="auto")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="positions per loss chunk")
     parser.add_argument("--top", type=int, default=14)
     args = parser.parse_args()
     chunks = args.attn_chunks if args.attn_chunks == "auto" else int(args.attn_chunks)
     for seq in args.seq:
-        model = build(args.config, seq, "triton", args.ff_chunks, chunks, None)
+        model = build(args.config, seq, "triton", args.ff_chunks, chunks, args.loss_chunk)
         tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
 
         step(model, tokens)  # warm-up: workspaces, kernels

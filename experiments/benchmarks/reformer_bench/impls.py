@@ -37,6 +37,11 @@ chunk's hidden activations are the only ones alive: at 32K positions of base (d_
 peak on an H200 (`experiments/perf/memory_peak.py`); 16K positions halve them. The chunk is
 sized by hidden elements, not positions: tiny's d_ff of 256 takes 128K positions a chunk (one
 chunk at 64K), where 16K positions quadrupled the launches of a step that is host-bound."""
+REFORMER_LAB_GRAPH_FF_POSITIONS = 16384
+REFORMER_LAB_GRAPH_LOSS_POSITIONS = 4096
+"""reformer-lab-graph's chunks: replayed, a chunk's launches cost the host nothing, so the
+chunks are sized for memory (16K positions of feed-forward, 4K of loss: at tiny @ 64K the
+(chunk, vocab) fp32 logits and their gradient are 8 MB, not the default 16K positions' 34 MB)."""
 HF_KNOBS = ("axial_pos_shape", "axial_pos_embds_dim", "chunk_size_feed_forward",
             "lsh_attn_chunk_length", "num_hashes", "hidden_act")  # fmt: skip
 LUCIDRAINS_DISTRIBUTIONS = ("reformer-pytorch", "local-attention", "axial-positional-embedding",
@@ -67,7 +72,9 @@ def package_version(distribution: str) -> str:
         return "unknown"
 
 
-def build_reformer_lab(size: ModelSize, seq: int) -> Built:
+def build_reformer_lab(
+    size: ModelSize, seq: int, ff_chunks: int | None = None, loss_chunk: int | None = None
+) -> Built:
     import reformer_lab
     from reformer_lab.model import ReformerConfig, ReformerLM
 
@@ -75,8 +82,8 @@ def build_reformer_lab(size: ModelSize, seq: int) -> Built:
         vocab_size=size.vocab_size, dim=size.dim, depth=size.depth, heads=size.heads,
         ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size,
         n_hashes=size.n_hashes, causal=True, attention="lsh", reversible=True,
-        ff_chunks=reformer_lab_ff_chunks(size, seq), axial_shape=axial_factors(seq),
-        dropout=0.0,
+        ff_chunks=ff_chunks or reformer_lab_ff_chunks(size, seq), axial_shape=axial_factors(seq),
+        dropout=0.0, loss_chunk_size=loss_chunk,
     )  # fmt: skip
     model = ReformerLM(cfg)
 
@@ -94,7 +101,8 @@ def build_reformer_lab_graph(size: ModelSize, seq: int) -> Built:
     The capture happens in the harness's warm-up step, after an eager step of its own, and the
     peak memory is read from the start of the warm-up (`peak_from_warm_up`), so it covers the
     eager step, the capture and the replays: a replay allocates nothing the allocator could see."""
-    built = build_reformer_lab(size, seq)
+    built = build_reformer_lab(size, seq, ff_chunks=max(1, seq // REFORMER_LAB_GRAPH_FF_POSITIONS),
+                               loss_chunk=REFORMER_LAB_GRAPH_LOSS_POSITIONS)  # fmt: skip
     captured = {}
 
     def step(tokens: Tensor) -> Tensor:  # tokens (1, seq + 1)
