@@ -38,10 +38,11 @@ peak on an H200 (`experiments/perf/memory_peak.py`); 16K positions halve them. T
 sized by hidden elements, not positions: tiny's d_ff of 256 takes 128K positions a chunk (one
 chunk at 64K), where 16K positions quadrupled the launches of a step that is host-bound."""
 REFORMER_LAB_GRAPH_FF_POSITIONS = 16384
-REFORMER_LAB_GRAPH_LOSS_POSITIONS = 4096
-"""reformer-lab-graph's chunks: replayed, a chunk's launches cost the host nothing, so the
-chunks are sized for memory (16K positions of feed-forward, 4K of loss: at tiny @ 64K the
-(chunk, vocab) fp32 logits and their gradient are 8 MB, not the default 16K positions' 34 MB)."""
+REFORMER_LAB_GRAPH_ACCUMULATOR_BYTES = 8 << 20
+"""reformer-lab-graph's chunks: replayed, a chunk's launches cost the host nothing, so they are
+sized for memory: 16K positions of feed-forward (tiny too), and the rounds backward's fp32
+accumulators (`kernels.rounds.ACCUMULATOR_BYTES`, 64 MiB by default) within 8 MiB: one head a
+pass at both sizes (at tiny @ 64K, 8 MB of accumulators instead of 34 MB)."""
 HF_KNOBS = ("axial_pos_shape", "axial_pos_embds_dim", "chunk_size_feed_forward",
             "lsh_attn_chunk_length", "num_hashes", "hidden_act")  # fmt: skip
 LUCIDRAINS_DISTRIBUTIONS = ("reformer-pytorch", "local-attention", "axial-positional-embedding",
@@ -101,8 +102,11 @@ def build_reformer_lab_graph(size: ModelSize, seq: int) -> Built:
     The capture happens in the harness's warm-up step, after an eager step of its own, and the
     peak memory is read from the start of the warm-up (`peak_from_warm_up`), so it covers the
     eager step, the capture and the replays: a replay allocates nothing the allocator could see."""
-    built = build_reformer_lab(size, seq, ff_chunks=max(1, seq // REFORMER_LAB_GRAPH_FF_POSITIONS),
-                               loss_chunk=REFORMER_LAB_GRAPH_LOSS_POSITIONS)  # fmt: skip
+    from reformer_lab.kernels import rounds
+
+    rounds.ACCUMULATOR_BYTES = REFORMER_LAB_GRAPH_ACCUMULATOR_BYTES  # this run's process only
+    built = build_reformer_lab(size, seq, ff_chunks=max(1, seq // REFORMER_LAB_GRAPH_FF_POSITIONS))
+    built.settings["accumulator_mib"] = REFORMER_LAB_GRAPH_ACCUMULATOR_BYTES >> 20
     captured = {}
 
     def step(tokens: Tensor) -> Tensor:  # tokens (1, seq + 1)
