@@ -27,7 +27,7 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "config": (str,),
     "seq": (int,),
     "status": (str,),
-    "peak_gb": _MAYBE_NUMBER,  # torch.cuda.max_memory_allocated over the timed steps / 1e9
+    "peak_gb": _MAYBE_NUMBER,  # max_memory_allocated over the timed steps (graph: + warm-up) / 1e9
     "tok_per_s": _MAYBE_NUMBER,  # seq / median step time
     "step_ms": _MAYBE_NUMBER,  # median over the timed steps
     "gpu": (str,),
