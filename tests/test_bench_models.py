@@ -81,6 +81,20 @@ def test_reformer_lab_is_built_reversible_chunked_with_axial_shape_of_the_length
     assert [reformer_lab_ff_chunks(TINY, n) for n in (65536, 1 << 20)] == [1, 8]
 
 
+def test_reformer_lab_graph_is_the_same_model_with_memory_sized_chunks_and_needs_cuda(
+    monkeypatch,
+) -> None:
+    from reformer_lab.kernels import rounds
+
+    monkeypatch.setattr(rounds, "ACCUMULATOR_BYTES", rounds.ACCUMULATOR_BYTES)  # restored after
+    built = BUILDERS["reformer-lab-graph"](TINY, 65536)
+    assert rounds.ACCUMULATOR_BYTES == 8 << 20 and built.settings["accumulator_mib"] == 8
+    assert built.settings["cuda_graph"] and built.model.cfg.ff_chunks == 4  # 16K positions
+    assert built.model.cfg.attention == "lsh" and built.model.cfg.reversible
+    with pytest.raises(ValueError, match="needs CUDA tensors"):  # a clear error on the CPU
+        built.step(random_tokens(65))
+
+
 def test_reformer_lab_loss_predicts_the_next_token() -> None:
     torch.manual_seed(0)
     built = BUILDERS["reformer-lab"](TINY, 64)
