@@ -56,11 +56,14 @@ class CapturedTrainingStep:
         side = torch.cuda.Stream(device=inputs.device)
         side.wait_stream(torch.cuda.current_stream(inputs.device))
         with torch.cuda.stream(side):
-            for _ in range(warmup_steps):
+            for _ in range(warmup_steps):  # the forward's workspace released as in the graph
                 model.zero_grad(set_to_none=True)
                 self._next_rotations()
-                self._loss().backward()
+                loss = self._loss()
+                _release_cublas_workspaces()
+                loss.backward()
         torch.cuda.current_stream(inputs.device).wait_stream(side)
+        _release_cublas_workspaces()  # so the capture makes its workspaces in the graph's pool
         torch.cuda.empty_cache()  # the warm-ups' cached blocks: the graph's pool needs the room
 
         model.zero_grad(set_to_none=True)  # the backward in the graph makes graph-owned grads
