@@ -58,10 +58,31 @@ def profile(
     ff_chunks: int,
     attn_chunks: int | str,
     loss_chunk: int | None = None,
+    graph: bool = False,
 ) -> dict:
     model = build(config, seq, backend, ff_chunks, attn_chunks, loss_chunk)
     tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    if graph:  # a replay has no forward of its own to time
+        step_ms, step_peak = replayed(model, inputs, targets, steps)
+        forward = dict(fwd_peak_gb="-", fwd_ms="-")
+    else:
+        fwd_peak, fwd_ms, step_ms, step_peak = eager(model, inputs, targets, steps)
+        forward = dict(fwd_peak_gb=round(fwd_peak, 3), fwd_ms=round(statistics.median(fwd_ms), 2))
+    med = statistics.median(step_ms)
+    return dict(
+        config=config,
+        seq=seq,
+        backend=f"{backend}/a{attn_chunks}" + ("/graph" if graph else ""),
+        **forward,
+        peak_gb=round(step_peak, 3),
+        step_ms=round(med, 2),
+        tok_per_s=round(seq / med * 1e3),
+    )
+
+
+def eager(model: ReformerLM, inputs, targets, steps: int) -> tuple[float, list, list, float]:
+    """Peak GB after the forward, forward ms, step ms, step peak GB (after a warm-up step)."""
     fwd_ms, step_ms, fwd_peak, step_peak = [], [], 0.0, 0.0
     for i in range(steps + 1):
         model.zero_grad(set_to_none=True)
@@ -82,35 +103,15 @@ def profile(
             step_ms.append(start.elapsed_time(end))
             fwd_peak = max(fwd_peak, peak_fwd)
             step_peak = max(step_peak, torch.cuda.max_memory_allocated() / 1e9)
-    med = statistics.median(step_ms)
-    return dict(
-        config=config,
-        seq=seq,
-        backend=f"{backend}/a{attn_chunks}",
-        fwd_peak_gb=round(fwd_peak, 3),
-        peak_gb=round(step_peak, 3),
-        fwd_ms=round(statistics.median(fwd_ms), 2),
-        step_ms=round(med, 2),
-        tok_per_s=round(seq / med * 1e3),
-    )
+    return fwd_peak, fwd_ms, step_ms, step_peak
 
 
-def profile_captured(
-    config: str,
-    seq: int,
-    backend: str,
-    steps: int,
-    ff_chunks: int,
-    attn_chunks: int | str,
-    loss_chunk: int | None = None,
-) -> dict:
-    """The same step captured as a CUDA graph (`CapturedTrainingStep`) and replayed; its peak
-    covers the capture (an eager warm-up step and the recording), as a replay allocates nothing."""
+def replayed(model: ReformerLM, inputs, targets, steps: int) -> tuple[list, float]:
+    """The step captured as a CUDA graph (`CapturedTrainingStep`) and replayed: step ms, and
+    the peak GB over the capture (an eager warm-up step and the recording) and the replays, as
+    a replay allocates nothing."""
     from reformer_lab.model.captured_step import CapturedTrainingStep
 
-    model = build(config, seq, backend, ff_chunks, attn_chunks, loss_chunk)
-    tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     step = CapturedTrainingStep(model, inputs, targets)
@@ -123,12 +124,7 @@ def profile_captured(
         torch.cuda.synchronize()
         if i:  # the first replay warms up
             step_ms.append(start.elapsed_time(end))
-    med = statistics.median(step_ms)
-    return dict(
-        config=config, seq=seq, backend=f"{backend}/a{attn_chunks}/graph", fwd_peak_gb="-",
-        peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3), fwd_ms="-",
-        step_ms=round(med, 2), tok_per_s=round(seq / med * 1e3),
-    )  # fmt: skip
+    return step_ms, torch.cuda.max_memory_allocated() / 1e9
 
 
 def main() -> None:
@@ -169,7 +165,7 @@ def main() -> None:
         for seq in args.seq:
             for backend, attn_chunks in [(b, a) for b in args.backend for a in args.attn_chunks]:
                 try:
-                    r = (profile_captured if args.graph else profile)(
+                    r = profile(
                         config,
                         seq,
                         backend,
@@ -177,6 +173,7 @@ def main() -> None:
                         args.ff_chunks,
                         attn_chunks,
                         args.loss_chunk,
+                        graph=args.graph,
                     )
                     print(
                         f"{config:7s} {seq:<8d} {r['backend']:10s} {r['fwd_peak_gb']:<12} "

@@ -73,9 +73,7 @@ def package_version(distribution: str) -> str:
         return "unknown"
 
 
-def build_reformer_lab(
-    size: ModelSize, seq: int, ff_chunks: int | None = None, loss_chunk: int | None = None
-) -> Built:
+def build_reformer_lab(size: ModelSize, seq: int, ff_chunks: int | None = None) -> Built:
     import reformer_lab
     from reformer_lab.model import ReformerConfig, ReformerLM
 
@@ -84,7 +82,7 @@ def build_reformer_lab(
         ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size,
         n_hashes=size.n_hashes, causal=True, attention="lsh", reversible=True,
         ff_chunks=ff_chunks or reformer_lab_ff_chunks(size, seq), axial_shape=axial_factors(seq),
-        dropout=0.0, loss_chunk_size=loss_chunk,
+        dropout=0.0,
     )  # fmt: skip
     model = ReformerLM(cfg)
 

@@ -56,12 +56,10 @@ class CapturedTrainingStep:
         side = torch.cuda.Stream(device=inputs.device)
         side.wait_stream(torch.cuda.current_stream(inputs.device))
         with torch.cuda.stream(side):
-            for _ in range(warmup_steps):  # the forward's workspace released as in the graph
+            for _ in range(warmup_steps):
                 model.zero_grad(set_to_none=True)
                 self._next_rotations()
-                loss = self._loss()
-                _release_cublas_workspaces()
-                loss.backward()
+                self._forward_backward()
         torch.cuda.current_stream(inputs.device).wait_stream(side)
         _release_cublas_workspaces()  # so the capture makes its workspaces in the graph's pool
         torch.cuda.empty_cache()  # the warm-ups' cached blocks: the graph's pool needs the room
@@ -74,19 +72,21 @@ class CapturedTrainingStep:
         # between the two, the forward's block in the graph's pool is the one the backward's
         # takes, so a replay holds one workspace, not two.
         with torch.cuda.graph(self.graph, stream=side):
-            loss = self._loss()
-            _release_cublas_workspaces()
-            loss.backward()
-        self.loss = loss.detach()
+            self.loss = self._forward_backward()
         for core, step in zip(self.cores, start_steps):  # rewind: warm-ups do not count
             core._next_step = step
             core.hash_step.fill_(step)
 
-    def _loss(self) -> Tensor:
+    def _forward_backward(self) -> Tensor:
+        """Forward and loss under autocast, the forward's cuBLAS workspace released, backward;
+        the same in the warm-ups and in the capture. Returns the loss, detached."""
         device_type = self.inputs.device.type
         enabled = self.autocast_dtype is not None
         with torch.autocast(device_type, self.autocast_dtype, enabled=enabled, cache_enabled=False):
-            return self.model.loss(self.inputs, self.targets).loss
+            loss = self.model.loss(self.inputs, self.targets).loss
+        _release_cublas_workspaces()
+        loss.backward()
+        return loss.detach()
 
     def _next_rotations(self) -> None:
         for core in self.cores:

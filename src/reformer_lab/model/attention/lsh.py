@@ -91,10 +91,15 @@ class LSHAttentionCore(nn.Module):
         """Staged mode: count the next training step and draw its rotations into the buffers."""
         step = self.advance_step()
         for (factors, n_hashes, device), buffers in self._staged.items():
-            seed = mix_seed(self.seed, self.layer_index, step)
-            drawn = draw_rotations(factors, self.heads, n_hashes, self.head_dim, seed, device)
-            for buffer, rotation in zip(buffers, drawn):
+            for buffer, rotation in zip(buffers, self._draw(factors, n_hashes, device, step)):
                 buffer.copy_(rotation)
+
+    def _draw(
+        self, factors: tuple[int, ...], n_hashes: int, device: torch.device, step: int
+    ) -> list[Tensor]:
+        """Every head's rotations for a step (EVAL_STEP: the fixed eval ones), from the seed."""
+        seed = mix_seed(self.seed, self.layer_index, step)
+        return draw_rotations(factors, self.heads, n_hashes, self.head_dim, seed, device)
 
     def rotations(
         self, factors: tuple[int, ...], n_hashes: int, device: torch.device, step: int
@@ -108,20 +113,13 @@ class LSHAttentionCore(nn.Module):
                         "staged LSH rotations must exist before the CUDA graph is captured: "
                         "run one step at the captured shape first"
                     )
-                seed = mix_seed(self.seed, self.layer_index, step)
-                self._staged[key] = draw_rotations(
-                    factors, self.heads, n_hashes, self.head_dim, seed, device
-                )
+                self._staged[key] = self._draw(factors, n_hashes, device, step)
             return self._staged[key]
         if step != EVAL_STEP:
-            seed = mix_seed(self.seed, self.layer_index, step)
-            return draw_rotations(factors, self.heads, n_hashes, self.head_dim, seed, device)
+            return self._draw(factors, n_hashes, device, step)
         key = (factors, n_hashes, device)
         if key not in self._eval_rotations:
-            seed = mix_seed(self.seed, self.layer_index, EVAL_STEP)
-            self._eval_rotations[key] = draw_rotations(
-                factors, self.heads, n_hashes, self.head_dim, seed, device
-            )
+            self._eval_rotations[key] = self._draw(factors, n_hashes, device, EVAL_STEP)
         return self._eval_rotations[key]
 
     def buckets(
