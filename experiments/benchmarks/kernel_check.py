@@ -3,6 +3,7 @@ kernel, and the fused LSH round kernels that the model runs on CUDA (lsh_rounds.
 
     python3 experiments/benchmarks/kernel_check.py            # ~3 min on an H100
     python3 experiments/benchmarks/kernel_check.py --quick    # correctness only
+    python3 experiments/benchmarks/kernel_check.py --tune-only  # section 4 alone
     python experiments/benchmarks/kernel_check.py --smoke     # CPU dry run, tiny sizes (tests the script)
 
 1. Chunked kernel correctness: fresh random LSH-like inputs (pos = each group's positions
@@ -676,6 +677,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="correctness checks only")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for kernel_check.json")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run under the interpreter")
+    parser.add_argument(
+        "--tune-only", action="store_true", help="section 4 alone (each candidate still checked)"
+    )
     args = parser.parse_args()
     if not SMOKE and not torch.cuda.is_available():
         print("kernel_check.py needs a CUDA GPU (or --smoke for a CPU dry run)", file=sys.stderr)
@@ -703,9 +707,10 @@ def main() -> int:
             sections[title] = [row]
             print(row, flush=True)
 
-    section("1. chunked kernel vs float64 torch reference (relative L2 error)", run_checks)
-    section("2. fused LSH rounds vs float32 torch rounds path", run_round_checks)
-    section("2b. the model's fused path", lambda: [fused_path_in_model()])
+    if not args.tune_only:
+        section("1. chunked kernel vs float64 torch reference (relative L2 error)", run_checks)
+        section("2. fused LSH rounds vs float32 torch rounds path", run_round_checks)
+        section("2b. the model's fused path", lambda: [fused_path_in_model()])
     if not args.quick:
 
         def timing():
@@ -718,7 +723,8 @@ def main() -> int:
                 rows += time_rounds(name)
             return rows
 
-        section("3. timing (bf16, causal, median of do_bench)", timing)
+        if not args.tune_only:
+            section("3. timing (bf16, causal, median of do_bench)", timing)
 
         def tuning():
             rows = []

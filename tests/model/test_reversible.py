@@ -199,6 +199,46 @@ def test_attention_branch_recompute_writes_into_the_streams(attn_chunks, dropout
         torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
 
 
+def test_head_groups_share_one_layer_norm_and_one_projection_per_chunk(monkeypatch):
+    """add_into with 4 head groups: LN(x) formed once, and the output projection (all heads'
+    columns of W) applied once per projection chunk, in the forward and in the recomputation's
+    subtraction alike, which still restores y."""
+    from reformer_lab.model import lm
+    from reformer_lab.model.lm import AttentionBranch
+    from reformer_lab.model.reversible import RngState
+
+    monkeypatch.setattr(lm, "PROJECTION_CHUNK_ELEMENTS", 2 * 8 * 16)  # 8 positions a chunk
+    torch.manual_seed(0)
+    cfg = tiny(attention="local", heads=4, dim=16, attn_chunks=4, dropout=0.0)
+    branch = AttentionBranch(cfg, "local", 0).double()
+    norms, projections = [], []
+    real_norm, real_linear = lm.layer_norm_to, lm.F.linear
+    monkeypatch.setattr(lm, "layer_norm_to", lambda *a, **k: norms.append(1) or real_norm(*a, **k))
+
+    def linear(inp, weight, bias=None):
+        if weight is branch.attention.to_out.weight:
+            projections.append(inp.shape)
+        return real_linear(inp, weight, bias)
+
+    monkeypatch.setattr(lm.F, "linear", linear)
+    x = torch.randn(2, 32, 16, dtype=torch.float64)
+    y = torch.randn(2, 32, 16, dtype=torch.float64)
+    y0 = y.clone()
+    branch.add_into(y, x, None)
+    assert len(norms) == 1 and projections == [(2, 8, 16)] * 4  # 4 chunks of all 16 columns
+    monkeypatch.setattr(lm.F, "linear", real_linear)
+    expected = y - y0
+    torch.testing.assert_close(expected, branch(x, None).detach(), rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(lm.F, "linear", linear)
+    projections.clear()
+    grad = torch.randn_like(y)
+    branch.recompute_backward(
+        x, grad, None, None, {}, RngState(x.device), y=y, dx=torch.zeros_like(x)
+    )
+    assert projections == [(2, 8, 16)] * 4
+    torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("attn_chunks", [1, 2])
 def test_reversible_equals_plain_without_dropout_in_projection_chunks(attn_chunks, monkeypatch):
     """Without dropout the reversible passes add and subtract the branches' outputs in place,

@@ -121,16 +121,45 @@ class AttentionBranch(nn.Module):
     def add_into(
         self, y: Tensor, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None
     ) -> None:
-        """y += F(x) IN PLACE, for the reversible forward without an active dropout: head
-        group by head group, the output projection a sequence chunk at a time, so neither
-        F(x) (a (B, L, dim) tensor) nor the sum of the groups' parts ever exists."""
+        """y += F(x) IN PLACE, for the reversible forward without an active dropout. LN(x) is
+        formed once and each head group's output O_g written into one (B, L, h*d) tensor O, the
+        concatenated heads; then y += O W^T + b a sequence chunk at a time: one projection and
+        one add into the fp32 stream per chunk whatever the number of groups, and F(x) itself
+        (a (B, L, dim) tensor) never exists."""
         assert not self.drops, "the dropout mask covers F(x) as a whole"
-        for heads in self.head_groups(x):
-            out = self.group_heads(x, heads, key_valid, n_hashes, plan)  # (B, L, h*d)
-            w, b = self.attention.out_projection(heads)
-            for s in self.projection_chunks(x):
-                y[:, s] += F.linear(out[:, s], w, b)  # (B, l, dim) in the matmuls' dtype
+        groups = self.head_groups(x)
+        h = layer_norm_to(x, self.norm, matmul_dtype(x), backend=self.backend)  # (B, L, dim)
+        heads_out = None  # O: (B, L, heads*d)
+        for heads in groups:
+            out = self.attention.heads_output(
+                h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads
+            )  # (B, L, h*d)
+            heads_out = self._concatenated(heads_out, out, heads, len(groups))
             del out
+        del h
+        self._project_into(y, heads_out, sign=1)
+
+    def _concatenated(self, heads_out: Tensor | None, out: Tensor, heads: slice, n: int) -> Tensor:
+        """O with group `heads`' output O_g (B, L, h*d) in its columns; with one group, O_g."""
+        if n == 1:
+            return out
+        if heads_out is None:
+            B, L, _ = out.shape
+            heads_out = out.new_empty(B, L, self.heads * self.head_dim)
+        heads_out[..., heads.start * self.head_dim : heads.stop * self.head_dim] = out
+        return heads_out
+
+    def _project_into(self, y: Tensor, heads_out: Tensor, *, sign: int) -> None:
+        """y += sign * (O W^T + b) in place, in the projection chunks (the forward adds, the
+        recomputation subtracts the very same values)."""
+        w, b = self.attention.to_out.weight, self.attention.to_out.bias
+        for s in self.projection_chunks(y):
+            part = F.linear(heads_out[:, s], w, b)  # (B, l, dim) in the matmuls' dtype
+            if sign > 0:
+                y[:, s] += part
+            else:
+                y[:, s] -= part
+            del part
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         out = None
@@ -195,28 +224,31 @@ class AttentionBranch(nn.Module):
         dx: Tensor,
     ) -> list[Tensor | None]:
         """`recompute_backward` without dropout, the inverse of `add_into`: per head group, the
-        heads' output O (B, L, h*d) is recomputed with its graph; then, a projection chunk at a
-        time, O W^T + b is subtracted from y (the very values the forward added) and
-        dO = grad W, dW = grad^T O and db = sum grad are formed from the chunk of grad cast to
-        the matmuls' dtype. So neither F(x) nor a low-precision copy of the whole grad exists
-        (each (B, L, dim), whatever the head group's size)."""
+        heads' output O_g (B, L, h*d) is recomputed with its graph and kept in O; a projection
+        chunk at a time, dO_g = grad W_g and dW_g = grad^T O_g are formed from the chunk of grad
+        cast to the matmuls' dtype, and O_g's graph is differentiated and freed. Then
+        O W^T + b is subtracted from y as `add_into` added it. So neither F(x) nor a
+        low-precision copy of the whole grad exists (each (B, L, dim)), and only one group's
+        graph at a time."""
         to_out = self.attention.to_out
         params = list(self.parameters())
         inner = [p for p in params if p is not to_out.weight and p is not to_out.bias]
         inner_grads: list[Tensor | None] = [None] * len(inner)
         w_grad = torch.zeros_like(to_out.weight)
         b_grad = torch.zeros_like(to_out.bias)
-        for heads in self.head_groups(x):
+        groups = self.head_groups(x)
+        heads_out = None  # O: (B, L, heads*d), as add_into formed it
+        for heads in groups:
             with torch.enable_grad():  # x's gradient goes straight into dx (layer_norm_to)
                 out = self.group_heads(x, heads, key_valid, n_hashes, plan, grad_into=dx)
             w, b = self.attention.out_projection(heads)  # (dim, h*d), (dim,) or None
             cols = w_grad[:, heads.start * self.head_dim : heads.stop * self.head_dim]
             d_out = torch.empty_like(out)  # (B, L, h*d)
             with torch.no_grad():
+                heads_out = self._concatenated(heads_out, out.detach(), heads, len(groups))
                 w_low = w.to(out.dtype)  # (dim, h*d) in the matmuls' dtype
                 for s in self.projection_chunks(x):
                     o_s = out[:, s].detach()  # (B, l, h*d)
-                    y[:, s] -= F.linear(o_s, w, b)  # as the forward: w cast under autocast
                     g = grad[:, s].to(out.dtype)  # (B, l, dim)
                     d_out[:, s] = g @ w_low
                     cols += (g.flatten(0, 1).T @ o_s.flatten(0, 1)).to(cols.dtype)
@@ -228,6 +260,9 @@ class AttentionBranch(nn.Module):
             assert grads[0] is None  # it went into dx
             inner_grads = [add_grads(a, g) for a, g in zip(inner_grads, grads[1:])]
             del out, d_out, grads
+        with torch.no_grad():
+            self._project_into(y, heads_out, sign=-1)
+        del heads_out
         by_param = {id(p): g for p, g in zip(inner, inner_grads)}
         by_param |= {id(to_out.weight): w_grad, id(to_out.bias): b_grad}
         return [by_param[id(p)] for p in params]
