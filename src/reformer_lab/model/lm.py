@@ -284,8 +284,9 @@ class FeedForwardBranch(nn.Module):
         self.dropout = dropout_layer(cfg.dropout)
         self.backend = cfg.backend
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = layer_norm_to(x, self.norm, matmul_dtype(x), backend=self.backend)  # (B, L, dim)
+    def forward(self, x: Tensor, grad_into: Tensor | None = None) -> Tensor:
+        """grad_into: the backward adds x's gradient into it (see `layer_norm_to`)."""
+        h = layer_norm_to(x, self.norm, matmul_dtype(x), grad_into, self.backend)  # (B, L, dim)
         return self.dropout(self.ff(h))
 
 

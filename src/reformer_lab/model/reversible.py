@@ -64,7 +64,8 @@ class ReversibleLayer(nn.Module):
 
     def __init__(self, f: nn.Module, g: nn.Module, ff_chunks: int) -> None:
         """f: the attention branch (it must offer `add_into`, `drops` and
-        `recompute_backward`); g: position-wise."""
+        `recompute_backward`); g: position-wise, called as g(x, grad_into=...) in the backward
+        pass (`FeedForwardBranch`)."""
         super().__init__()
         self.f, self.g, self.ff_chunks = f, g, ff_chunks
 
@@ -127,10 +128,10 @@ class ReversibleLayer(nn.Module):
         with replaying(record.rng_g):
             for s in sequence_chunks(y1.shape[1], self.ff_chunks):
                 y1_s = y1[:, s].detach().requires_grad_()
-                with torch.enable_grad():
-                    g_out = self.g(y1_s)  # (B, l, dim)
+                with torch.enable_grad():  # y1's gradient goes straight into dy1
+                    g_out = self.g(y1_s, grad_into=dy1[:, s])  # (B, l, dim)
                 grads = torch.autograd.grad(g_out, [y1_s, *g_params], dy2[:, s], allow_unused=True)
-                dy1[:, s] += grads[0]
+                assert grads[0] is None  # it went into dy1
                 y2[:, s] -= g_out.detach()  # y2 now holds x2 on this chunk
                 g_grads = [add_grads(a, b) for a, b in zip(g_grads, grads[1:])]
                 del g_out, grads
