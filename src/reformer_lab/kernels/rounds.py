@@ -108,15 +108,21 @@ def _side_inputs(key_valid: Tensor | None, buckets: Tensor | None) -> tuple:
 
 def default_round_configs(chunk_size: int, head_dim: int, dtype: torch.dtype):
     """Launch shapes of the round kernels: those of the chunked kernel (same loops and tiles),
-    but dk/dv walks 32 query slots at a time for d = 64: the per-row addresses of gathered rows
-    cost registers, and 64 slots spill for sm_90 (checked with `resources`)."""
+    but for d = 64 in 16 bits (base: C = d = 64) the ones `kernel_check.py --tune-only` timed
+    fastest on an H200: dk/dv and the forward walk 32 slots at a time (the per-row addresses of
+    gathered rows cost registers; 64 slots spill dk/dv for sm_90, checked with `resources`;
+    the forward at 64 took 0.334 ms a round against 0.286), dq 64 (0.340 against 0.369 ms)."""
     from .triton_chunked import KernelConfigs, TileConfig, default_configs
 
     configs = default_configs(chunk_size, head_dim, dtype)
-    dkdv = configs.dkdv
-    if dtype != torch.float32 and head_dim == 64 and dkdv.tile * dkdv.step > 64 * 32:
-        dkdv = TileConfig(tile=dkdv.tile, step=32, num_warps=dkdv.num_warps)
-    return KernelConfigs(fwd=configs.fwd, dkdv=dkdv, dq=configs.dq)
+    if dtype == torch.float32 or head_dim != 64 or chunk_size < 64:
+        return configs
+    fwd, dkdv, dq = configs.fwd, configs.dkdv, configs.dq
+    return KernelConfigs(
+        fwd=TileConfig(tile=fwd.tile, step=32, num_warps=fwd.num_warps),
+        dkdv=TileConfig(tile=dkdv.tile, step=32, num_warps=dkdv.num_warps),
+        dq=TileConfig(tile=dq.tile, step=64, num_warps=dq.num_warps),
+    )
 
 
 def lsh_rounds_forward(
