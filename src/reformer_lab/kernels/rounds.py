@@ -108,10 +108,12 @@ def _side_inputs(key_valid: Tensor | None, buckets: Tensor | None) -> tuple:
 
 def default_round_configs(chunk_size: int, head_dim: int, dtype: torch.dtype):
     """Launch shapes of the round kernels: those of the chunked kernel (same loops and tiles),
-    but for d = 64 in 16 bits (base: C = d = 64) the ones `kernel_check.py --tune-only` timed
-    fastest on an H200: dk/dv and the forward walk 32 slots at a time (the per-row addresses of
-    gathered rows cost registers; 64 slots spill dk/dv for sm_90, checked with `resources`;
-    the forward at 64 took 0.334 ms a round against 0.286), dq 64 (0.340 against 0.369 ms)."""
+    but for d = 64 in 16 bits (base: C = d = 64) dk/dv and the forward walk 32 slots at a time.
+    dk/dv: the per-row addresses of gathered rows cost registers, and 64 slots spill for sm_90
+    (checked with `resources`). The forward: 214 us a launch in base @ 64K's step on an H200
+    against 229 at 64 slots (`kernel_check.py --tune-only`: 0.286 against 0.334 ms a round).
+    dq stays at 32: 64 was faster alone over all 8 heads (0.340 against 0.369 ms) but slower
+    in the step, where it runs one head a launch (42 us, against 38 in session 4's trace)."""
     from .triton_chunked import KernelConfigs, TileConfig, default_configs
 
     configs = default_configs(chunk_size, head_dim, dtype)
@@ -121,7 +123,7 @@ def default_round_configs(chunk_size: int, head_dim: int, dtype: torch.dtype):
     return KernelConfigs(
         fwd=TileConfig(tile=fwd.tile, step=32, num_warps=fwd.num_warps),
         dkdv=TileConfig(tile=dkdv.tile, step=32, num_warps=dkdv.num_warps),
-        dq=TileConfig(tile=dq.tile, step=64, num_warps=dq.num_warps),
+        dq=dq,
     )
 
 
