@@ -276,3 +276,30 @@ def test_auto_head_groups_follow_the_input_size(monkeypatch):
     _, grads_auto = loss_and_grads(auto, tokens)
     for name, g in grads_whole.items():
         torch.testing.assert_close(grads_auto[name], g, rtol=1e-9, atol=1e-12)
+
+
+def test_reversible_forward_copies_the_streams_once_whatever_the_depth(monkeypatch):
+    """The reversible forward copies the two input streams once and every layer adds into those
+    buffers in place; the caller's streams are left as they were."""
+    from reformer_lab.model import reversible
+
+    model = ReformerLM(tiny(depth=4, dropout=0.0, attention="local"))  # no hashes redrawn
+    x1, x2 = torch.randn(2, 1, 32, 16).unbind(0)
+    x1_before, x2_before = x1.clone(), x2.clone()
+    copies = []
+    real_clone = torch.Tensor.clone
+
+    def clone(t, *a, **k):
+        if t.shape == x1.shape:
+            copies.append(t.data_ptr())
+        return real_clone(t, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "clone", clone)
+    y1, y2 = reversible.run_layers(model.layers, x1.requires_grad_(), x2, None, None, True)
+    monkeypatch.setattr(torch.Tensor, "clone", real_clone)
+    assert copies == [x1.data_ptr(), x2.data_ptr()]
+    assert torch.equal(x1.detach(), x1_before) and torch.equal(x2, x2_before)
+    plain = x1_before, x2_before
+    for layer in model.layers:
+        plain = layer(*plain, None, None)
+    torch.testing.assert_close((y1, y2), plain, rtol=1e-5, atol=1e-6)
