@@ -41,19 +41,20 @@ def _near_tie(x: torch.Tensor, rotations, tol: float = 1e-4) -> torch.Tensor:
 
 @in_process
 @pytest.mark.parametrize(
-    "B,H,L,d,factors,dtype,padded",
+    "B,H,L,d,factors,dtype,rot_dtype,padded",
     [
-        (1, 2, 100, 16, (8,), torch.float32, False),
-        (2, 3, 70, 64, (46, 46), torch.bfloat16, True),  # base's 64K factors, odd halves
-        (1, 2, 130, 16, (64, 64, 34), torch.float32, True),  # three factors
-        (1, 4, 64, 32, (6,), torch.bfloat16, False),  # three rotated columns of 16
+        (1, 2, 100, 16, (8,), torch.float32, torch.float32, False),
+        (2, 3, 70, 64, (46, 46), torch.bfloat16, torch.float32, True),  # odd halves
+        (2, 3, 70, 64, (46, 46), torch.bfloat16, torch.bfloat16, True),  # the model's: bf16 MMA
+        (1, 2, 130, 16, (64, 64, 34), torch.float32, torch.bfloat16, True),  # three factors
+        (1, 4, 64, 32, (6,), torch.bfloat16, torch.bfloat16, False),  # 3 rotated columns of 16
     ],
 )
-def test_fused_buckets_equal_torch_path(B, H, L, d, factors, dtype, padded, monkeypatch):
+def test_fused_buckets_equal_torch_path(B, H, L, d, factors, dtype, rot_dtype, padded, monkeypatch):
     monkeypatch.setattr(hashing, "FUSED_ON_CPU_UNDER_INTERPRETER", True)
     R = 3
     x = torch.randn(B, L, H, d, device=DEVICE).to(dtype).transpose(1, 2)  # (B, H, L, d) view
-    rotations = [torch.randn(H, R, d, f // 2, device=DEVICE) for f in factors]
+    rotations = [torch.randn(H, R, d, f // 2, device=DEVICE).to(rot_dtype) for f in factors]
     key_valid = torch.rand(B, L, device=DEVICE) < 0.8 if padded else None
     assert hashing.fused_hash_usable(x, factors, "auto")
     got = hash_buckets(x, rotations, factors, key_valid, backend="triton")

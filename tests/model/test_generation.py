@@ -155,7 +155,7 @@ def brute_bucket(key, rotations, factors, h, r):
     """argmax([xR; -xR]) per factor, combined as b1 + n1 * b2 (hashing.py), for one vector."""
     bucket, stride = 0, 1
     for rotation, n in zip(rotations, factors):
-        projected = key.float() @ rotation[h, r]  # (n / 2,)
+        projected = key.float() @ rotation[h, r].float()  # (n / 2,)
         bucket += int(torch.cat([projected, -projected]).argmax()) * stride
         stride *= n
     return bucket
