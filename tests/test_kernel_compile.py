@@ -72,6 +72,9 @@ from reformer_lab.kernels import resources
 results = {}
 for d, factors in ((64, (46, 46)), (64, (64, 64, 34)), (16, (46, 46)), (16, (8,))):
     results[f"hash d={d} {factors}"] = resources.hash_kernel_resources(d, factors)
+results["hash d=64 (64, 32) fp32 rotations"] = resources.hash_kernel_resources(
+    64, (64, 32), bf16_dot=False
+)
 for width, two in ((512, False), (1024, False), (512, True), (64, False), (64, True)):
     for name, r in resources.layer_norm_kernel_resources(width, two).items():
         results[f"layer norm {name} {width} two={two}"] = r
@@ -95,7 +98,7 @@ def test_hashing_and_layer_norm_kernels_compile_for_sm90_without_spills():
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(results) == 4 + 2 * 5
+    assert len(results) == 5 + 2 * 5
     for name, r in results.items():
         assert r["stack"] == 0, (name, r)
         if name.startswith("hash"):

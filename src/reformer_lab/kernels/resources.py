@@ -166,19 +166,23 @@ def round_kernel_resources(
     return _cubin_resources(compiled)
 
 
-def hash_kernel_resources(head_dim: int, factors: tuple[int, ...], arch: int = 90) -> dict:
+def hash_kernel_resources(
+    head_dim: int, factors: tuple[int, ...], arch: int = 90, bf16_dot: bool = True
+) -> dict:
     """`kernel_resources` of the fused hashing kernel (triton_hashing) for q in bf16 with
-    head dim `head_dim` and bucket `factors`, at its launch shape."""
+    head dim `head_dim` and bucket `factors`, at its launch shape: the model's bf16 rotations
+    (one bf16 MMA a product) or, `bf16_dot=False`, fp32 ones (tf32x3); 4 hash rounds."""
     from . import triton_hashing as th
 
     halves = [f // 2 for f in factors] + [0] * (th.MAX_FACTORS - len(factors))
-    consts = dict(D=head_dim, HAS_VALID=True, BLOCK=th.BLOCK_L, x_sd=1)
+    consts = dict(D=head_dim, R=4, HAS_VALID=True, BF16_DOT=bf16_dot, BLOCK=th.BLOCK_L, x_sd=1)
     for i, half in enumerate(halves, start=1):
         consts[f"HALF{i}"] = half
         consts[f"PAD{i}"] = th.padded_half(half)
     types = {"X": "*bf16", "VALID": "*u8", "BUCKETS": "*i32"}
+    rot_type = "*bf16" if bf16_dot else "*fp32"
     signature = {
-        n: "constexpr" if n in consts else types.get(n, "*fp32" if n.startswith("ROT") else "i32")
+        n: "constexpr" if n in consts else types.get(n, rot_type if n.startswith("ROT") else "i32")
         for n in th._hash_kernel.arg_names
     }
     compiled = triton.compile(
