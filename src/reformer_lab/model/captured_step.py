@@ -51,7 +51,7 @@ class CapturedTrainingStep:
         self.cores = [m for m in model.modules() if isinstance(m, LSHAttentionCore)]
         for core in self.cores:
             core.stage_rotations()
-        start_steps = [core._next_step for core in self.cores]
+        start_steps = [core.steps_counted for core in self.cores]
 
         side = torch.cuda.Stream(device=inputs.device)
         side.wait_stream(torch.cuda.current_stream(inputs.device))
@@ -73,9 +73,8 @@ class CapturedTrainingStep:
         # takes, so a replay holds one workspace, not two.
         with torch.cuda.graph(self.graph, stream=side):
             self.loss = self._forward_backward()
-        for core, step in zip(self.cores, start_steps):  # rewind: warm-ups do not count
-            core._next_step = step
-            core.hash_step.fill_(step)
+        for core, steps in zip(self.cores, start_steps):  # rewind: warm-ups do not count
+            core.set_steps_counted(steps)
 
     def _forward_backward(self) -> Tensor:
         """Forward and loss under autocast, the forward's cuBLAS workspace released, backward;

@@ -154,12 +154,7 @@ class AttentionBranch(nn.Module):
         recomputation subtracts the very same values)."""
         w, b = self.attention.to_out.weight, self.attention.to_out.bias
         for s in self.projection_chunks(y):
-            part = F.linear(heads_out[:, s], w, b)  # (B, l, dim) in the matmuls' dtype
-            if sign > 0:
-                y[:, s] += part
-            else:
-                y[:, s] -= part
-            del part
+            y[:, s].add_(F.linear(heads_out[:, s], w, b), alpha=sign)  # (B, l, dim) matmul dtype
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         out = None

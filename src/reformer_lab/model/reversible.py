@@ -80,21 +80,20 @@ class ReversibleLayer(nn.Module):
         key_valid: Tensor | None,
         n_hashes: int | None,
         record: LayerRecord | None = None,
-        in_place: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """(Y1, Y2) from (X1, X2), each (B, L, dim). Fills `record` when given.
 
-        With a record (the reversible forward, no graph) the branches' outputs are added into
-        copies of the inputs a chunk at a time (`f.add_into`, G per FF chunk), in the chunks
-        the backward pass recomputes them in, so X2 = Y2 - G(Y1) and X1 = Y1 - F(X2) subtract
-        the very values added, and neither F(X2) nor G(Y1) exists whole. in_place (with a
-        record): X1 and X2 are the caller's own buffers, and become Y1 and Y2 (no copies).
+        With a record (the reversible forward, no graph) X1 and X2 are the caller's own buffers
+        and become Y1 and Y2 IN PLACE: the branches' outputs are added into them a chunk at a
+        time (`f.add_into`, G per FF chunk), in the chunks the backward pass recomputes them
+        in, so X2 = Y2 - G(Y1) and X1 = Y1 - F(X2) subtract the very values added, and neither
+        F(X2) nor G(Y1) exists whole.
         """
         if record is not None and self.uses_rng:
             record.rng_f = RngState(x1.device)
         plan = None if record is None else record.plan
         if record is not None and not self.f.drops:
-            y1 = x1 if in_place else x1.clone()
+            y1 = x1
             self.f.add_into(y1, x2, key_valid, n_hashes=n_hashes, plan=plan)
         else:
             y1 = x1 + self.f(x2, key_valid, n_hashes=n_hashes, plan=plan)
@@ -102,7 +101,7 @@ class ReversibleLayer(nn.Module):
             record.rng_g = RngState(x1.device)
         if record is None:
             return y1, x2 + apply_chunked(self.g, y1, self.ff_chunks)
-        y2 = x2 if in_place else x2.clone()
+        y2 = x2
         for s in sequence_chunks(y1.shape[1], self.ff_chunks):
             y2[:, s] += self.g(y1[:, s])  # (B, l, dim)
         return y1, y2
@@ -166,7 +165,7 @@ class _ReversibleFunction(torch.autograd.Function):
         with torch.no_grad():
             x1, x2 = x1.clone(), x2.clone()  # the streams' buffers, which every layer updates
             for layer, record in zip(layers, records):
-                x1, x2 = layer(x1, x2, key_valid, n_hashes, record, in_place=True)
+                x1, x2 = layer(x1, x2, key_valid, n_hashes, record)
         # Plans go through save_for_backward so that saved-tensor hooks see every byte kept.
         plan_keys = [(i, key) for i, r in enumerate(records) for key in sorted(r.plan)]
         plan_tensors = [records[i].plan[key] for i, key in plan_keys]

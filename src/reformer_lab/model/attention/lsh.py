@@ -70,10 +70,19 @@ class LSHAttentionCore(nn.Module):
         self._next_step = int(self.hash_step)  # resume from the checkpoint's step
 
     # --- hashing --------------------------------------------------------------------
+    @property
+    def steps_counted(self) -> int:
+        """Training steps hashed so far (the host copy of `hash_step`)."""
+        return self._next_step
+
+    def set_steps_counted(self, steps: int) -> None:
+        """Set the step counter, host copy and buffer alike."""
+        self._next_step = steps
+        self.hash_step.fill_(steps)
+
     def advance_step(self) -> int:
-        """Count one more training step (host copy and buffer); returns the step to hash with."""
-        self._next_step += 1
-        self.hash_step.fill_(self._next_step)
+        """Count one more training step; returns the step to hash with."""
+        self.set_steps_counted(self._next_step + 1)
         return self._next_step - 1
 
     def stage_rotations(self, staged: bool = True) -> None:
