@@ -78,6 +78,9 @@ results["hash d=64 (64, 32) fp32 rotations"] = resources.hash_kernel_resources(
 for width, two in ((512, False), (1024, False), (512, True), (64, False), (64, True)):
     for name, r in resources.layer_norm_kernel_resources(width, two).items():
         results[f"layer norm {name} {width} two={two}"] = r
+for features in (2048, 256):
+    for name, r in resources.bias_gelu_kernel_resources(features).items():
+        results[f"bias gelu {name} {features}"] = r
 print(json.dumps(results))
 """
 
@@ -86,7 +89,7 @@ print(json.dumps(results))
 def test_hashing_and_layer_norm_kernels_compile_for_sm90_without_spills():
     """The hashing kernel's products run on the matrix units (an fp32 'ieee' product once
     compiled to FMA loops with 5 KB of spills per thread and took 11 ms a layer at base 64K),
-    and neither kernel spills registers."""
+    and neither it nor the LayerNorm and bias + GELU kernels spill registers."""
     env = {
         **os.environ,
         "TRITON_INTERPRET": "0",
@@ -98,7 +101,7 @@ def test_hashing_and_layer_norm_kernels_compile_for_sm90_without_spills():
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(results) == 5 + 2 * 5
+    assert len(results) == 5 + 2 * 5 + 2 * 2
     for name, r in results.items():
         assert r["stack"] == 0, (name, r)
         if name.startswith("hash"):

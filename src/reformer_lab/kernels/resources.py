@@ -220,6 +220,32 @@ def layer_norm_kernel_resources(part_width: int, two: bool, arch: int = 90) -> d
     return results
 
 
+def bias_gelu_kernel_resources(features: int, arch: int = 90) -> dict:
+    """`kernel_resources` of the bias + GELU kernels (bf16 activations): a dict
+    {'fwd': ..., 'bwd': ...} at their launch shapes for rows of `features`."""
+    from . import triton_bias_gelu as tbg
+
+    block_m, block_f, warps = tbg._shape(features)
+    results = {}
+    for name, fn, extra in (
+        ("fwd", tbg._bias_gelu_fwd_kernel, {}),
+        ("bwd", tbg._bias_gelu_bwd_kernel, dict(STEPS=16)),
+    ):
+        consts = dict(BLOCK_M=block_m, BLOCK_F=block_f, **extra)
+        types = {"B": "*fp32", "DB_PART": "*fp32"}
+        signature = {
+            n: "constexpr" if n in consts else types.get(n, "i32" if n.islower() else "*bf16")
+            for n in fn.arg_names
+        }
+        compiled = triton.compile(
+            ASTSource(fn, signature, constexprs=consts),
+            target=GPUTarget("cuda", arch, 32),
+            options=dict(num_warps=warps),
+        )
+        results[name] = _cubin_resources(compiled)
+    return results
+
+
 def _cubin_resources(compiled) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         cubin = os.path.join(folder, "kernel.cubin")

@@ -2,12 +2,18 @@
 
 Chunking changes nothing in the result (the layer acts on each position alone); it bounds the
 (L, d_ff) hidden activation to (L / ff_chunks, d_ff), which dominates memory for long inputs.
+
+With the Triton backend the first matmul runs without its bias and `bias_gelu` adds it, so
+the GELU backward and the bias gradient are one pass over the (L, d_ff) activation.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .bias_gelu import bias_gelu, fused_usable
 
 
 def dropout_layer(p: float) -> nn.Module:
@@ -18,14 +24,20 @@ def dropout_layer(p: float) -> nn.Module:
 class FeedForward(nn.Module):
     """(B, L, dim) -> (B, L, dim): Linear -> GELU -> dropout -> Linear."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, backend: str = "torch") -> None:
+        """backend: 'auto' or 'triton' take `bias_gelu`'s kernels where it is usable."""
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(), dropout_layer(dropout), nn.Linear(hidden, dim)
         )
+        self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        first, _, dropout, second = self.net
+        if not fused_usable(x, self.backend):
+            return self.net(x)
+        pre = F.linear(x, first.weight)  # (B, L, hidden), the bias comes in bias_gelu
+        return second(dropout(bias_gelu(pre, first.bias, fused=True)))
 
 
 def sequence_chunks(length: int, n_chunks: int) -> list[slice]:

@@ -275,7 +275,7 @@ class FeedForwardBranch(nn.Module):
     def __init__(self, cfg: ReformerConfig) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
-        self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout)
+        self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout, cfg.backend)
         self.dropout = dropout_layer(cfg.dropout)
         self.backend = cfg.backend
 

@@ -1,0 +1,130 @@
+"""Bias + GELU of the feed-forward's first matmul (Triton), and a backward that forms the bias
+gradient in the same pass as the pre-activation gradient.
+
+Computes exactly what `reformer_lab.model.bias_gelu` computes in torch, on (N, F) rows:
+
+    forward:   z = p + b (fp32),  h = z Phi(z) = z (1 + erf(z / sqrt 2)) / 2    stored in p's dtype
+    backward:  dz = g (Phi(z) + z phi(z)),  phi(z) = exp(-z^2 / 2) / sqrt(2 pi)  stored
+               db = sum_rows dz                                       per program, summed in torch
+
+p is the matmul's output without its bias. Unfused, the bias rides in the GEMM's epilogue, GELU
+reads and writes the (N, F) activation once more, its backward once more, and the bias
+gradient is a separate reduction reading dz again (F = 2048 at base: 64 MB a 16K-row chunk).
+Here the backward reads g and p once and writes dz once; each program walks STEPS blocks of
+BLOCK_M rows for one BLOCK_F-column slice, keeping its share of db in registers.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+INV_SQRT2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _tile(rows, cols, n_rows, n_cols):
+    """Element offsets (int64) and mask of rows x cols of a contiguous (n_rows, n_cols) tensor."""
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return rows.to(tl.int64)[:, None] * n_cols + cols[None, :], mask
+
+
+@triton.jit
+def _bias_gelu_fwd_kernel(P, B, H, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (M,)
+    cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)  # (F_blk,)
+    offsets, mask = _tile(rows, cols, n_rows, n_cols)
+    b = tl.load(B + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    z = tl.load(P + offsets, mask=mask, other=0.0).to(tl.float32) + b[None, :]
+    h = 0.5 * z * (1.0 + tl.erf(z * INV_SQRT2))
+    tl.store(H + offsets, h.to(H.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_gelu_bwd_kernel(
+    G,
+    P,
+    B,
+    DZ,
+    DB_PART,
+    n_rows,
+    n_cols,
+    STEPS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
+    """DZ = G * GELU'(P + B); DB_PART (programs along rows, n_cols): this program's column sums."""
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    b = tl.load(B + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    db = tl.zeros([BLOCK_F], tl.float32)
+    for i in range(STEPS):
+        rows = pid * (STEPS * BLOCK_M) + i * BLOCK_M + tl.arange(0, BLOCK_M)
+        offsets, mask = _tile(rows, cols, n_rows, n_cols)
+        z = tl.load(P + offsets, mask=mask, other=0.0).to(tl.float32) + b[None, :]
+        g = tl.load(G + offsets, mask=mask, other=0.0).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.erf(z * INV_SQRT2))
+        pdf = INV_SQRT_2PI * tl.exp(-0.5 * z * z)
+        dz = tl.where(mask, g * (cdf + z * pdf), 0.0)
+        tl.store(DZ + offsets, dz.to(DZ.dtype.element_ty), mask=mask)
+        db += tl.sum(dz, 0)
+    tl.store(DB_PART + pid.to(tl.int64) * n_cols + cols, db, mask=cols < n_cols)
+
+
+TILE_ELEMENTS = 4096
+"""Elements of one program's tile (16 per thread on 8 warps)."""
+
+
+def _shape(F: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_F, num_warps) for rows of F features."""
+    block_f = min(256, triton.next_power_of_2(F))
+    return max(1, TILE_ELEMENTS // block_f), block_f, 8
+
+
+def _rows(t: Tensor, F: int) -> Tensor:
+    """t as contiguous (N, F) rows (a view when it already is)."""
+    return t.contiguous().view(-1, F)
+
+
+def bias_gelu_forward(pre: Tensor, bias: Tensor) -> Tensor:
+    """GELU(pre + bias) in pre's dtype; pre (..., F), bias (F,)."""
+    F = pre.shape[-1]
+    rows = _rows(pre, F)
+    out = torch.empty_like(rows)
+    block_m, block_f, warps = _shape(F)
+    grid = (triton.cdiv(rows.shape[0], block_m), triton.cdiv(F, block_f))
+    _bias_gelu_fwd_kernel[grid](
+        rows, bias, out, rows.shape[0], F, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps
+    )
+    return out.view(pre.shape)
+
+
+def _steps(device: torch.device, n_blocks: int, f_blocks: int) -> int:
+    """Row blocks per backward program: a power of two (few compiled variants) that leaves
+    about four programs per multiprocessor over all column slices."""
+    sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 2
+    )
+    return triton.next_power_of_2(triton.cdiv(n_blocks * f_blocks, 4 * sms))
+
+
+def bias_gelu_backward(grad: Tensor, pre: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """(d pre in pre's dtype, d bias fp32 (F,)) for the output gradient `grad` (..., F)."""
+    F = pre.shape[-1]
+    rows, g = _rows(pre, F), _rows(grad, F)
+    dz = torch.empty_like(rows)
+    block_m, block_f, warps = _shape(F)
+    f_blocks = triton.cdiv(F, block_f)
+    steps = _steps(pre.device, triton.cdiv(rows.shape[0], block_m), f_blocks)
+    programs = triton.cdiv(rows.shape[0], steps * block_m)
+    partial = torch.empty(programs, F, dtype=torch.float32, device=pre.device)
+    _bias_gelu_bwd_kernel[(programs, f_blocks)](
+        g, rows, bias, dz, partial, rows.shape[0], F,
+        STEPS=steps, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps,
+    )  # fmt: skip
+    return dz.view(pre.shape), partial.sum(0)
