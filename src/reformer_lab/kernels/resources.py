@@ -225,13 +225,18 @@ def bias_gelu_kernel_resources(features: int, arch: int = 90) -> dict:
     {'fwd': ..., 'bwd': ...} at their launch shapes for rows of `features`."""
     from . import triton_bias_gelu as tbg
 
-    block_m, block_f, warps = tbg._shape(features)
+    block_m, block_f, fwd_warps = tbg._shape(features)
+    bwd = tbg.backward_shape(features)
     results = {}
-    for name, fn, extra in (
-        ("fwd", tbg._bias_gelu_fwd_kernel, {}),
-        ("bwd", tbg._bias_gelu_bwd_kernel, dict(STEPS=16)),
+    for name, fn, consts, warps in (
+        ("fwd", tbg._bias_gelu_fwd_kernel, dict(BLOCK_M=block_m, BLOCK_F=block_f), fwd_warps),
+        (
+            "bwd",
+            tbg._bias_gelu_bwd_kernel,
+            dict(STEPS=bwd.steps, BLOCK_M=bwd.block_m, BLOCK_F=bwd.block_f),
+            bwd.num_warps,
+        ),
     ):
-        consts = dict(BLOCK_M=block_m, BLOCK_F=block_f, **extra)
         types = {"B": "*fp32", "DB_PART": "*fp32"}
         signature = {
             n: "constexpr" if n in consts else types.get(n, "i32" if n.islower() else "*bf16")

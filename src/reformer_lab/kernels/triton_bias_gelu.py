@@ -11,10 +11,13 @@ p is the matmul's output without its bias. Unfused, the bias rides in the GEMM's
 reads and writes the (N, F) activation once more, its backward once more, and the bias
 gradient is a separate reduction reading dz again (F = 2048 at base: 64 MB a 16K-row chunk).
 Here the backward reads g and p once and writes dz once; each program walks STEPS blocks of
-BLOCK_M rows for one BLOCK_F-column slice, keeping its share of db in registers.
+BLOCK_M rows for one BLOCK_F-column slice, keeping its share of db in registers (a (BLOCK_M,
+BLOCK_F) accumulator, summed over its rows at the end).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -60,8 +63,8 @@ def _bias_gelu_bwd_kernel(
     pid = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     b = tl.load(B + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
-    db = tl.zeros([BLOCK_F], tl.float32)
-    for i in range(STEPS):
+    db = tl.zeros([BLOCK_M, BLOCK_F], tl.float32)  # summed over rows once, after the loop:
+    for i in range(STEPS):  # a sum across the block's rows each step (warps) stalled it 4x
         rows = pid * (STEPS * BLOCK_M) + i * BLOCK_M + tl.arange(0, BLOCK_M)
         offsets, mask = _tile(rows, cols, n_rows, n_cols)
         z = tl.load(P + offsets, mask=mask, other=0.0).to(tl.float32) + b[None, :]
@@ -70,18 +73,33 @@ def _bias_gelu_bwd_kernel(
         pdf = INV_SQRT_2PI * tl.exp(-0.5 * z * z)
         dz = tl.where(mask, g * (cdf + z * pdf), 0.0)
         tl.store(DZ + offsets, dz.to(DZ.dtype.element_ty), mask=mask)
-        db += tl.sum(dz, 0)
-    tl.store(DB_PART + pid.to(tl.int64) * n_cols + cols, db, mask=cols < n_cols)
+        db += dz
+    tl.store(DB_PART + pid.to(tl.int64) * n_cols + cols, tl.sum(db, 0), mask=cols < n_cols)
 
 
 TILE_ELEMENTS = 4096
 """Elements of one program's tile (16 per thread on 8 warps)."""
 
 
+class BackwardShape(NamedTuple):
+    """The backward's launch: BLOCK_M x BLOCK_F tiles, STEPS row blocks a program."""
+
+    block_m: int
+    block_f: int
+    steps: int
+    num_warps: int
+
+
 def _shape(F: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_F, num_warps) for rows of F features."""
     block_f = min(256, triton.next_power_of_2(F))
     return max(1, TILE_ELEMENTS // block_f), block_f, 8
+
+
+def backward_shape(F: int) -> BackwardShape:
+    """The default backward launch for rows of F features: the forward's tiles, one a program."""
+    block_m, block_f, warps = _shape(F)
+    return BackwardShape(block_m, block_f, 1, warps)
 
 
 def _rows(t: Tensor, F: int) -> Tensor:
@@ -102,28 +120,18 @@ def bias_gelu_forward(pre: Tensor, bias: Tensor) -> Tensor:
     return out.view(pre.shape)
 
 
-def _steps(device: torch.device, n_blocks: int, f_blocks: int) -> int:
-    """Row blocks per backward program: a power of two (few compiled variants) that leaves
-    about four programs per multiprocessor over all column slices."""
-    sms = (
-        torch.cuda.get_device_properties(device).multi_processor_count
-        if device.type == "cuda"
-        else 2
-    )
-    return triton.next_power_of_2(triton.cdiv(n_blocks * f_blocks, 4 * sms))
-
-
-def bias_gelu_backward(grad: Tensor, pre: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """(d pre in pre's dtype, d bias fp32 (F,)) for the output gradient `grad` (..., F)."""
+def bias_gelu_backward(
+    grad: Tensor, pre: Tensor, bias: Tensor, shape: BackwardShape | None = None
+) -> tuple[Tensor, Tensor]:
+    """(d pre in pre's dtype, d bias fp32 (F,)) for the output gradient `grad` (..., F);
+    shape: the launch (default `backward_shape(F)`)."""
     F = pre.shape[-1]
     rows, g = _rows(pre, F), _rows(grad, F)
     dz = torch.empty_like(rows)
-    block_m, block_f, warps = _shape(F)
-    f_blocks = triton.cdiv(F, block_f)
-    steps = _steps(pre.device, triton.cdiv(rows.shape[0], block_m), f_blocks)
+    block_m, block_f, steps, warps = shape or backward_shape(F)
     programs = triton.cdiv(rows.shape[0], steps * block_m)
     partial = torch.empty(programs, F, dtype=torch.float32, device=pre.device)
-    _bias_gelu_bwd_kernel[(programs, f_blocks)](
+    _bias_gelu_bwd_kernel[(programs, triton.cdiv(F, block_f))](
         g, rows, bias, dz, partial, rows.shape[0], F,
         STEPS=steps, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps,
     )  # fmt: skip
