@@ -77,15 +77,16 @@ def test_every_element_written():
 @in_process
 def test_kernels_erf_is_exact_to_a_few_ulps_of_one():
     """The kernels' erf (Abramowitz & Stegun 7.1.26) against float64 GELU over both tails:
-    GELU within 3e-7 absolute, GELU' within 2e-7, fp32 in and out."""
+    GELU within 3e-7 absolute plus fp32's rounding of the result (6e-8 relative), GELU'
+    within 2e-7, fp32 in and out."""
     z = torch.linspace(-12, 12, 24001, device=DEVICE)[None, :].repeat(2, 1)  # (2, 24001)
     zero = torch.zeros(z.shape[-1], device=DEVICE)
     grad = torch.ones_like(z)
     h = tbg.bias_gelu_forward(z, zero)
     d_pre, _ = tbg.bias_gelu_backward(grad, z, zero)
     h_exact, d_exact, _ = _exact(z, zero, grad)
-    assert (h.double() - h_exact).abs().max() < 3e-7
-    assert (d_pre.double() - d_exact).abs().max() < 2e-7
+    assert ((h.double() - h_exact).abs() - 6e-8 * h_exact.abs()).max() < 3e-7
+    assert ((d_pre.double() - d_exact).abs() - 6e-8 * d_exact.abs()).max() < 2e-7
 
 
 @in_process
