@@ -18,6 +18,7 @@ from tests.kernel_interpreter import DEVICE, ON_GPU, READY, in_process, interpre
 from reformer_lab.kernels import triton_bias_gelu as tbg
 from reformer_lab.model import bias_gelu as bg
 from reformer_lab.model.feedforward import FeedForward
+from reformer_lab.model.matmul_bias_grad import linear
 from tests.interpreter_rerun import rerun_in_fresh_process
 
 tbg = interpreted(tbg, "_bias_gelu_fwd_kernel")
@@ -114,6 +115,27 @@ def test_feed_forward_equals_linear_gelu_linear(autocast, monkeypatch):
     tol = 3e-2 if autocast else 1e-5
     for a, b in zip(results[0], results[1]):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.float64, False), (torch.float32, True)])
+def test_linear_with_matmul_bias_grad_equals_f_linear(dtype, autocast):
+    """matmul_bias_grad.linear against F.linear: output and the three gradients (the bias's
+    by 1^T G), exactly in float64, to bf16 rounding under autocast."""
+    x = torch.randn(3, 17, 24, dtype=dtype)
+    w = torch.randn(40, 24, dtype=dtype)
+    b = torch.randn(40, dtype=dtype)
+    grad = torch.randn(3, 17, 40, dtype=dtype)
+    results = []
+    for fn in (linear, torch.nn.functional.linear):
+        leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = fn(*leaves)
+        grads = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+        results.append((out, *grads))
+    for a, e in zip(*results):
+        assert a.dtype == e.dtype
+        tol = 0 if dtype == torch.float64 else 5e-2  # bf16 sums of 51 rows
+        torch.testing.assert_close(a, e, rtol=tol or 1e-12, atol=tol or 1e-12)
 
 
 def test_fused_only_where_it_applies():

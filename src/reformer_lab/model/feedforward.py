@@ -4,7 +4,8 @@ Chunking changes nothing in the result (the layer acts on each position alone); 
 (L, d_ff) hidden activation to (L / ff_chunks, d_ff), which dominates memory for long inputs.
 
 With the Triton backend the first matmul runs without its bias and `bias_gelu` adds it, so
-the GELU backward and the bias gradient are one pass over the (L, d_ff) activation.
+the GELU backward and the bias gradient are one pass over the (L, d_ff) activation; the second
+matmul's bias gradient is a matmul with a row of ones (`matmul_bias_grad`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bias_gelu import bias_gelu, fused_usable
+from .matmul_bias_grad import linear
 
 
 def dropout_layer(p: float) -> nn.Module:
@@ -37,7 +39,8 @@ class FeedForward(nn.Module):
         if not fused_usable(x, self.backend):
             return self.net(x)
         pre = F.linear(x, first.weight)  # (B, L, hidden), the bias comes in bias_gelu
-        return second(dropout(bias_gelu(pre, first.bias, fused=True)))
+        h = dropout(bias_gelu(pre, first.bias, fused=True))
+        return linear(h, second.weight, second.bias)  # its bias gradient by one matmul
 
 
 def sequence_chunks(length: int, n_chunks: int) -> list[slice]:

@@ -24,6 +24,7 @@ from .config import ReformerConfig
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
 from .head_loss import chunked_head_loss
 from .layer_norm import layer_norm_to, matmul_dtype
+from .matmul_bias_grad import column_sums
 from .positional import AxialPositionalEmbedding
 from .reversible import ReversibleLayer, RngState, add_grads, replaying, run_layers
 
@@ -248,7 +249,7 @@ class AttentionBranch(nn.Module):
                     d_out[:, s] = g @ w_low
                     cols += (g.flatten(0, 1).T @ o_s.flatten(0, 1)).to(cols.dtype)
                     if b is not None:
-                        b_grad += g.sum((0, 1)).to(b_grad.dtype)
+                        b_grad += column_sums(g.flatten(0, 1)).to(b_grad.dtype)
                     del o_s, g
                 del w_low
             grads = torch.autograd.grad(out, [x, *inner], d_out, allow_unused=True)
