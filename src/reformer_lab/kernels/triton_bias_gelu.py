@@ -119,10 +119,11 @@ def _shape(F: int) -> tuple[int, int, int]:
 
 
 def backward_shape(F: int) -> BackwardShape:
-    """The default backward launch for rows of F features: 32 x 64 tiles, 8 a program, on 8
+    """The default backward launch for rows of F features: 16 x 64 tiles, 16 a program, on 8
     warps (the fastest shape for base's 16K x 2048 FF chunk in bias_gelu_sweep.py on an H200:
-    78.7 us, autograd's GELU backward + bias sum 95 us; within 5% of the best for tiny's)."""
-    return BackwardShape(32, min(64, triton.next_power_of_2(F)), 8, 8)
+    72.7 us against autograd's GELU backward + bias sum at 96 us; tiny's 16K x 256: 13.3 us,
+    the best 12.5, autograd's 30)."""
+    return BackwardShape(16, min(64, triton.next_power_of_2(F)), 16, 8)
 
 
 def _rows(t: Tensor, F: int) -> Tensor:
