@@ -76,7 +76,14 @@ def main() -> None:
     parser.add_argument("--attn-chunks", default="auto")
     parser.add_argument("--loss-chunk", type=int, default=None, help="positions per loss chunk")
     parser.add_argument("--top", type=int, default=14)
+    parser.add_argument(
+        "--acc-mib", type=int, default=None, help="kernels.rounds.ACCUMULATOR_BYTES in MiB"
+    )
     args = parser.parse_args()
+    if args.acc_mib is not None:
+        from reformer_lab.kernels import rounds
+
+        rounds.ACCUMULATOR_BYTES = args.acc_mib << 20
     chunks = args.attn_chunks if args.attn_chunks == "auto" else int(args.attn_chunks)
     for seq in args.seq:
         model = build(args.config, seq, "triton", args.ff_chunks, chunks, args.loss_chunk)
