@@ -92,20 +92,22 @@ def test_kernels_erf_is_exact_to_a_few_ulps_of_one():
 
 
 @in_process
-@pytest.mark.parametrize("autocast", [False, True])
-def test_feed_forward_equals_linear_gelu_linear(autocast, monkeypatch):
+@pytest.mark.parametrize("autocast,dropout", [(False, 0.0), (True, 0.0), (False, 0.3)])
+def test_feed_forward_equals_linear_gelu_linear(autocast, dropout, monkeypatch):
     """The fused FeedForward (first matmul without its bias, then bias_gelu) against the same
-    module on the torch backend: output and every parameter's gradient."""
+    module on the torch backend: output and every parameter's gradient; with dropout, the
+    same seed gives both the same mask."""
     monkeypatch.setattr(bg, "FUSED_ON_CPU_UNDER_INTERPRETER", True)
     torch.manual_seed(0)
-    fused = FeedForward(32, 128, 0.0, backend="triton").to(DEVICE)
-    plain = FeedForward(32, 128, 0.0, backend="torch").to(DEVICE)
+    fused = FeedForward(32, 128, dropout, backend="triton").to(DEVICE)
+    plain = FeedForward(32, 128, dropout, backend="torch").to(DEVICE)
     plain.load_state_dict(fused.state_dict())  # the same keys: checkpoints load either way
     x = torch.randn(2, 19, 32, device=DEVICE)
     grad = torch.randn(2, 19, 32, device=DEVICE)
     results = []
     for ff in (fused, plain):
         leaf = x.detach().requires_grad_()
+        torch.manual_seed(1)
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
             out = ff(leaf)
         grads = torch.autograd.grad(out, [leaf, *ff.parameters()], grad.to(out.dtype))
