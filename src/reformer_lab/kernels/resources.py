@@ -199,25 +199,15 @@ def layer_norm_kernel_resources(part_width: int, two: bool, arch: int = 90) -> d
     from . import triton_layer_norm as tln
 
     block_m, block_p, warps = tln._shape(part_width, 2 if two else 1)
-    results = {}
-    for name, fn, extra in (
-        ("fwd", tln._ln_fwd_kernel, {}),
-        ("bwd", tln._ln_bwd_kernel, dict(STEPS=4, ACCUMULATE=True)),
-    ):
-        consts = dict(TWO=two, BLOCK_M=block_m, BLOCK_P=block_p, **extra)
-        types = {"Y": "*bf16", "G": "*bf16", "eps": "fp32", "n_rows": "i32", "L": "i32"}
-        types |= {"P": "i32", "D": "i32"}
-        signature = {
-            n: "constexpr" if n in consts else types.get(n, "i32" if n.islower() else "*fp32")
-            for n in fn.arg_names
-        }
-        compiled = triton.compile(
-            ASTSource(fn, signature, constexprs=consts),
-            target=GPUTarget("cuda", arch, 32),
-            options=dict(num_warps=warps),
-        )
-        results[name] = _cubin_resources(compiled)
-    return results
+    types = {"Y": "*bf16", "G": "*bf16", "eps": "fp32", "n_rows": "i32", "L": "i32"}
+    types |= {"P": "i32", "D": "i32"}
+    shape = dict(TWO=two, BLOCK_M=block_m, BLOCK_P=block_p)
+    return {
+        "fwd": _elementwise_resources(tln._ln_fwd_kernel, shape, types, "*fp32", warps, arch),
+        "bwd": _elementwise_resources(
+            tln._ln_bwd_kernel, shape | dict(STEPS=4, ACCUMULATE=True), types, "*fp32", warps, arch
+        ),
+    }
 
 
 def bias_gelu_kernel_resources(features: int, arch: int = 90) -> dict:
@@ -227,28 +217,34 @@ def bias_gelu_kernel_resources(features: int, arch: int = 90) -> dict:
 
     block_m, block_f, fwd_warps = tbg._shape(features)
     bwd = tbg.backward_shape(features)
-    results = {}
-    for name, fn, consts, warps in (
-        ("fwd", tbg._bias_gelu_fwd_kernel, dict(BLOCK_M=block_m, BLOCK_F=block_f), fwd_warps),
-        (
-            "bwd",
-            tbg._bias_gelu_bwd_kernel,
-            dict(STEPS=bwd.steps, BLOCK_M=bwd.block_m, BLOCK_F=bwd.block_f),
-            bwd.num_warps,
+    types = {"B": "*fp32", "DB_PART": "*fp32"}
+    fwd_shape = dict(BLOCK_M=block_m, BLOCK_F=block_f)
+    bwd_shape = dict(STEPS=bwd.steps, BLOCK_M=bwd.block_m, BLOCK_F=bwd.block_f)
+    return {
+        "fwd": _elementwise_resources(
+            tbg._bias_gelu_fwd_kernel, fwd_shape, types, "*bf16", fwd_warps, arch
         ),
-    ):
-        types = {"B": "*fp32", "DB_PART": "*fp32"}
-        signature = {
-            n: "constexpr" if n in consts else types.get(n, "i32" if n.islower() else "*bf16")
-            for n in fn.arg_names
-        }
-        compiled = triton.compile(
-            ASTSource(fn, signature, constexprs=consts),
-            target=GPUTarget("cuda", arch, 32),
-            options=dict(num_warps=warps),
-        )
-        results[name] = _cubin_resources(compiled)
-    return results
+        "bwd": _elementwise_resources(
+            tbg._bias_gelu_bwd_kernel, bwd_shape, types, "*bf16", bwd.num_warps, arch
+        ),
+    }
+
+
+def _elementwise_resources(
+    fn, consts: dict, types: dict, pointer: str, warps: int, arch: int
+) -> dict:
+    """`_cubin_resources` of `fn` compiled for sm_`arch`: `consts` as constexprs, arguments
+    typed by `types`, else i32 for lower-case names and `pointer` for upper-case ones."""
+    signature = {
+        n: "constexpr" if n in consts else types.get(n, "i32" if n.islower() else pointer)
+        for n in fn.arg_names
+    }
+    compiled = triton.compile(
+        ASTSource(fn, signature, constexprs=consts),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=warps),
+    )
+    return _cubin_resources(compiled)
 
 
 def _cubin_resources(compiled) -> dict:
