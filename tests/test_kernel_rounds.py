@@ -272,10 +272,43 @@ def test_rounds_function_fused_equals_torch_path(monkeypatch, use_buckets):
 
 
 @in_process
-def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch):
-    """The whole model, shared QK (keys formed in the kernels), reversible, 2 layers: the same
-    loss and parameter gradients with the fused kernels (rounds, LayerNorm, hashing) as with
-    the torch backend."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_rounds_write_into_a_given_buffer(monkeypatch, fused):
+    """into=: a head group's columns of a wider (B, L, 2 H d) tensor receive the output, which
+    is returned as that very view, with and without a graph; the values and gradients are those
+    of a call without it, and the other columns are left alone."""
+    B, H, L, C, d, R = 1, 2, 64, 16, 16, 2
+    rounds = _rounds(B, H, L, C, R, causal=True, valid_frac=0.8, use_buckets=False)
+    rounds.order, rounds.key_valid = rounds.order.to(DEVICE), rounds.key_valid.to(DEVICE)
+    rounds.backend = "auto" if fused else "torch"
+    monkeypatch.setattr(lsh_rounds, "FUSED_ON_CPU_UNDER_INTERPRETER", fused)
+    q, k, v = (_heads(B, H, L, d, torch.float32, "blhd").to(DEVICE) for _ in range(3))
+    dout = torch.randn(B, H, L, d, device=DEVICE)
+    expected = _through_rounds_function(q, k, v, rounds, dout)
+    wide = torch.full((2, B, L, 2 * H * d), float("nan"), device=DEVICE)
+    into = [w[..., : H * d].view(B, L, H, d).transpose(1, 2) for w in wide]  # (B, H, L, d)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = lsh_rounds.attend_all_rounds(*leaves, rounds, into[0])
+    out.backward(dout)
+    with torch.no_grad():
+        plain = lsh_rounds.attend_all_rounds(q, k, v, rounds, into[1])
+    for got, buffer in zip((out, plain), into):
+        assert got.data_ptr() == buffer.data_ptr() and torch.equal(got, buffer)
+    assert torch.isnan(wide[..., H * d :]).all()
+    got = [out.detach(), plain, *(t.grad for t in leaves)]
+    for name, a, b in zip(("out", "no-grad out", "dq", "dk", "dv"), got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="into must be"):
+        lsh_rounds.attend_all_rounds(q, k, v, rounds, into[0][..., :8])
+
+
+@in_process
+@pytest.mark.parametrize("attn_chunks", [1, 2])
+def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_chunks):
+    """The whole model, shared QK (keys formed in the kernels), reversible, 2 layers, the heads
+    in one group or two (which write into one tensor of all heads): the same loss and
+    parameter gradients with the fused kernels (rounds, LayerNorm, hashing) as with the torch
+    backend."""
     from reformer_lab.model import ReformerConfig, ReformerLM, layer_norm
     from reformer_lab.model.attention import hashing
 
@@ -299,13 +332,14 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch):
         torch.manual_seed(0)
         cfg = ReformerConfig(
             vocab_size=32, dim=32, depth=2, heads=2, max_seq_len=64, bucket_size=16,
-            n_hashes=2, dropout=0.0, backend=backend,
+            n_hashes=2, dropout=0.0, backend=backend, attn_chunks=attn_chunks,
         )  # fmt: skip
         model = ReformerLM(cfg).to(DEVICE)
         loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
         loss.backward()
         results[backend] = [loss.detach(), *(p.grad for p in model.parameters())]
-    assert calls["hash"] == 2 and calls["norm"] >= 2 * 4  # 2 layers: the triton run fused them
+    # 2 layers (x groups): the triton run fused them
+    assert calls["hash"] == 2 * attn_chunks and calls["norm"] >= 2 * 4
     names = ["loss", *(n for n, _ in model.named_parameters())]
     for name, a, b in zip(names, results["triton"], results["torch"]):
         assert _relative_error(a, b) < 1e-4, name

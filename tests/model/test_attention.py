@@ -12,7 +12,12 @@ from reformer_lab.model.attention import (
     chunked_attention_torch,
 )
 from reformer_lab.model.attention.chunked import normalize_keys
-from reformer_lab.model.attention.hashing import bucket_factors, hash_vectors
+from reformer_lab.model.attention.hashing import (
+    bucket_factors,
+    hash_vectors,
+    sort_order,
+    sortable_ids,
+)
 
 from .reference import full_shared_qk, lsh_rounds
 
@@ -76,7 +81,7 @@ def test_multi_round_merge_equals_appendix_a(causal, dedup):
     core = lsh_core(bucket_size=4, n_hashes=3, causal=causal, allow_duplicate_attention=not dedup)
     plan: dict = {}
     out = core(qk, k, v, valid, plan=plan)
-    order = plan["order0"].long()  # (B, H, R, L)
+    order = sort_order(plan["buckets0"]).long()  # (B, H, R, L)
     for h in range(2):
         ref = lsh_rounds(qk[0, h], v[0, h], order[0, h], 4, causal, valid[0], dedup)
         torch.testing.assert_close(out[0, h, :27], ref[:27], rtol=1e-9, atol=1e-9)
@@ -96,13 +101,25 @@ def test_sort_is_by_bucket_then_position_and_padding_sorts_last():
     core = lsh_core(bucket_size=8, n_hashes=2).eval()
     plan: dict = {}
     core(qk, k, v, valid, plan=plan)
-    order = plan["order0"].long()[0]  # (H, R, L)
+    order = sort_order(plan["buckets0"]).long()[0]  # (H, R, L)
     buckets = core.buckets(qk, valid, 2)[0]  # (H, R, L)
     sorted_buckets = buckets.gather(-1, order)
     assert (sorted_buckets[..., 1:] >= sorted_buckets[..., :-1]).all()
     same = sorted_buckets[..., 1:] == sorted_buckets[..., :-1]
     assert (order[..., 1:] > order[..., :-1])[same].all()
     assert set(order[..., -2:].flatten().tolist()) == {5, 30}
+
+
+@pytest.mark.parametrize("n_ids", [2, 8193, 1 << 16, (1 << 16) + 1])
+def test_compact_bucket_ids_sort_as_the_buckets_do(n_ids):
+    # ids up to 2^16 are kept in int16, shifted (2 bytes where the order took 4); beyond, int32.
+    buckets = torch.randint(0, n_ids, (2, 3, 4, 500), dtype=torch.int32)
+    buckets[0, 0, 0, :2] = torch.tensor([0, n_ids - 1])  # both ends of the range
+    ids = sortable_ids(buckets, n_ids)
+    assert ids.dtype == (torch.int16 if n_ids <= 1 << 16 else torch.int32)
+    expected = torch.sort(buckets.long(), dim=-1, stable=True).indices
+    order = sort_order(ids)
+    assert order.dtype == torch.int32 and torch.equal(order.long(), expected)
 
 
 def test_hash_is_argmax_of_rotation_and_its_negation():

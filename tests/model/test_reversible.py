@@ -109,8 +109,8 @@ def test_bytes_saved_for_backward_stay_flat_with_depth_when_reversible(attention
             sizes[reversible, depth] = saved_bytes(ReformerLM(cfg), tokens)
     growth_rev = sizes[True, 8] - sizes[True, 2]
     growth_plain = sizes[False, 8] - sizes[False, 2]
-    # Reversible: only the LSH sort order per layer (int32 per token, head and round) is kept.
-    plan_bytes = B * heads * R * N * 4 if attention == "lsh" else 0
+    # Reversible: only the LSH bucket ids per layer (int16 per token, head and round) are kept.
+    plan_bytes = B * heads * R * N * 2 if attention == "lsh" else 0
     assert growth_rev == 6 * plan_bytes
     # Plain: at least the two residual streams of every extra layer (fp32).
     assert growth_plain > 6 * 2 * B * N * 16 * 4

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..strided import no_self_overlap
 from .api import (
     SUPPORTED_CHUNK_SIZES,
     SUPPORTED_DTYPES,
@@ -94,6 +95,20 @@ def check_rounds_inputs(
         )
 
 
+def check_output_buffer(out: Tensor, v: Tensor) -> None:
+    """Raises ValueError unless `out` can take the output for values v: same shape, dtype
+    and device, no element stored twice, within the kernels' int32 offsets."""
+    if out.shape != v.shape or out.dtype != v.dtype or out.device != v.device:
+        raise ValueError(
+            f"out must be {v.dtype} {tuple(v.shape)} on {v.device}; "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    if _batch_extent(out) >= 2**31:
+        raise ValueError("one batch element of out must span fewer than 2**31 elements")
+    if not no_self_overlap(out):
+        raise ValueError("out must not store an element twice (an expanded tensor)")
+
+
 def _batch_extent(x: Tensor) -> int:
     """Elements spanned by one batch element of a strided (B, H, L, d) tensor (int32 offsets)."""
     return 1 + sum((n - 1) * abs(s) for n, s in zip(x.shape[1:], x.stride()[1:]))
@@ -140,14 +155,19 @@ def lsh_rounds_forward(
     buckets: Tensor | None = None,
     stats: bool = False,
     configs=None,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     """Multi-round LSH attention, merged: out (B, H, L, d) in v's dtype and layout, every
     round's log-normaliser lse (B, H, R, L) fp32 at the original positions and, if `stats`,
     the backward's (row max, log row sum) per round, each (B, H, R, L) fp32 (lse = max + log sum).
     k = None: the keys are q normalised (shared QK).
+    out: a (B, H, L, d) tensor of v's dtype, any strides, to write the output into (a head
+    group's columns of a wider (B, L, heads*d) tensor, say) instead of a new one.
     """
     norm_keys, k = k is None, q if k is None else k
     check_rounds_inputs(q, k, v, order, chunk_size, key_valid, buckets)
+    if out is not None:
+        check_output_buffer(out, v)
     from .triton_rounds import launch_round_forward
 
     B, H, L, d = q.shape
@@ -158,7 +178,8 @@ def lsh_rounds_forward(
     f32 = dict(device=q.device, dtype=torch.float32)
     lse = torch.empty(B, H, R, L, **f32)
     row_stats = (torch.empty_like(lse), torch.empty_like(lse)) if stats else None
-    out = torch.empty_like(v)  # v's layout: (B, L, H, d) memory stays so, a free head merge
+    if out is None:
+        out = torch.empty_like(v)  # v's layout: (B, L, H, d) memory stays so, a free head merge
     out_acc = torch.empty(B, H, L, d, **f32) if R > 1 else out
     lse_acc = torch.empty(2, B, H, L, **f32) if R > 1 else lse  # running max, then mass
     for r in range(R):

@@ -102,10 +102,14 @@ class AttentionBranch(nn.Module):
         n_hashes,
         plan,
         grad_into: Tensor | None = None,
+        into: Tensor | None = None,
     ) -> Tensor:
-        """One head group's attention output before the output projection: (B, L, h*d)."""
+        """One head group's attention output before the output projection: (B, L, h*d),
+        written into `into` where the attention can (`SelfAttention.heads_output`)."""
         h = layer_norm_to(x, self.norm, matmul_dtype(x), grad_into, self.backend)  # (B, L, dim)
-        return self.attention.heads_output(h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        return self.attention.heads_output(
+            h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads, into=into
+        )
 
     @property
     def drops(self) -> bool:
@@ -130,24 +134,39 @@ class AttentionBranch(nn.Module):
         assert not self.drops, "the dropout mask covers F(x) as a whole"
         groups = self.head_groups(x)
         h = layer_norm_to(x, self.norm, matmul_dtype(x), backend=self.backend)  # (B, L, dim)
-        heads_out = None  # O: (B, L, heads*d)
+        heads_out = self._heads_buffer(x, len(groups))  # O: (B, L, heads*d), or None
         for heads in groups:
             out = self.attention.heads_output(
-                h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads
-            )  # (B, L, h*d)
-            heads_out = self._concatenated(heads_out, out, heads, len(groups))
+                h, key_valid, n_hashes=n_hashes, plan=plan, heads=heads,
+                into=self._columns(heads_out, heads),
+            )  # (B, L, h*d)  # fmt: skip
+            heads_out = self._concatenated(heads_out, out, heads)
             del out
         del h
         self._project_into(y, heads_out, sign=1)
 
-    def _concatenated(self, heads_out: Tensor | None, out: Tensor, heads: slice, n: int) -> Tensor:
-        """O with group `heads`' output O_g (B, L, h*d) in its columns; with one group, O_g."""
-        if n == 1:
-            return out
+    def _heads_buffer(self, x: Tensor, n_groups: int) -> Tensor | None:
+        """O, the concatenated heads (B, L, heads*d) in the matmuls' dtype, for several head
+        groups to write their columns into; None for one group, whose output is O itself."""
+        if n_groups == 1:
+            return None
+        B, L, _ = x.shape
+        return x.new_empty(B, L, self.heads * self.head_dim, dtype=matmul_dtype(x))
+
+    def _columns(self, heads_out: Tensor | None, heads: slice) -> Tensor | None:
+        """Group `heads`' columns of O (B, L, h*d), a view."""
         if heads_out is None:
-            B, L, _ = out.shape
-            heads_out = out.new_empty(B, L, self.heads * self.head_dim)
-        heads_out[..., heads.start * self.head_dim : heads.stop * self.head_dim] = out
+            return None
+        return heads_out[..., heads.start * self.head_dim : heads.stop * self.head_dim]
+
+    def _concatenated(self, heads_out: Tensor | None, out: Tensor, heads: slice) -> Tensor:
+        """O with group `heads`' output O_g (B, L, h*d) in its columns (copied there unless
+        the attention wrote it there); with one group, O_g."""
+        if heads_out is None:
+            return out
+        cols = self._columns(heads_out, heads)
+        if not (out.data_ptr() == cols.data_ptr() and out.stride() == cols.stride()):
+            cols.copy_(out)
         return heads_out
 
     def _project_into(self, y: Tensor, heads_out: Tensor, *, sign: int) -> None:
@@ -233,15 +252,18 @@ class AttentionBranch(nn.Module):
         w_grad = torch.zeros_like(to_out.weight)
         b_grad = torch.zeros_like(to_out.bias)
         groups = self.head_groups(x)
-        heads_out = None  # O: (B, L, heads*d), as add_into formed it
+        heads_out = self._heads_buffer(x, len(groups))  # O: (B, L, heads*d), as add_into formed it
         for heads in groups:
             with torch.enable_grad():  # x's gradient goes straight into dx (layer_norm_to)
-                out = self.group_heads(x, heads, key_valid, n_hashes, plan, grad_into=dx)
+                out = self.group_heads(
+                    x, heads, key_valid, n_hashes, plan, grad_into=dx,
+                    into=self._columns(heads_out, heads),
+                )  # (B, L, h*d)  # fmt: skip
             w, b = self.attention.out_projection(heads)  # (dim, h*d), (dim,) or None
             cols = w_grad[:, heads.start * self.head_dim : heads.stop * self.head_dim]
             d_out = torch.empty_like(out)  # (B, L, h*d)
             with torch.no_grad():
-                heads_out = self._concatenated(heads_out, out.detach(), heads, len(groups))
+                heads_out = self._concatenated(heads_out, out.detach(), heads)
                 w_low = w.to(out.dtype)  # (dim, h*d) in the matmuls' dtype
                 for s in self.projection_chunks(x):
                     o_s = out[:, s].detach()  # (B, l, h*d)

@@ -8,8 +8,9 @@ Each layer maps (X1, X2) to
 and its inputs are recovered from its outputs, X2 = Y2 - G(Y1), X1 = Y1 - F(X2), so the
 backward pass recomputes each layer from the one above instead of storing activations. The
 custom autograd function below keeps only the last layer's output, plus, per layer, the LSH
-sort order computed in the forward pass (a few int32 per token and head) and the RNG state
-before each branch, so the recomputation sees the same buckets and dropout masks.
+bucket ids computed in the forward pass (an int16 per token, head and round, from which the
+sort order is re-formed) and the RNG state before each branch, so the recomputation sees the
+same buckets and dropout masks.
 
 Parameters are inputs of the function and their gradients are returned from its backward
 (not accumulated behind autograd's back), so they get gradients even when the inputs need
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..strided import byte_span, no_self_overlap
 from .feedforward import apply_chunked, sequence_chunks
 
 
@@ -54,7 +56,7 @@ def replaying(state: RngState | None) -> contextlib.AbstractContextManager:
 class LayerRecord:
     """What a layer's backward needs to recompute its forward exactly."""
 
-    plan: dict = field(default_factory=dict)  # attention's hash sort order
+    plan: dict = field(default_factory=dict)  # attention's bucket ids, per head group
     rng_f: RngState | None = None
     rng_g: RngState | None = None
 
@@ -208,9 +210,9 @@ def writable(a: Tensor, b: Tensor) -> bool:
     stored twice (as in an expanded gradient) and they share none, either because their
     memory ranges are apart or because they are the two halves of one (..., 2 d) tensor along
     the last dim (the gradient of `cat([y1, y2], -1)`)."""
-    if not (_no_self_overlap(a) and _no_self_overlap(b)):
+    if not (no_self_overlap(a) and no_self_overlap(b)):
         return False
-    (a0, a1), (b0, b1) = _span(a), _span(b)
+    (a0, a1), (b0, b1) = byte_span(a), byte_span(b)
     if a1 <= b0 or b1 <= a0:
         return True
     d = a.shape[-1]
@@ -218,22 +220,6 @@ def writable(a: Tensor, b: Tensor) -> bool:
     return (
         halves and a.dim() >= 2 and a.stride(-2) >= 2 * d and abs(b0 - a0) == d * a.element_size()
     )
-
-
-def _no_self_overlap(t: Tensor) -> bool:
-    """No two indices of t address one element: each stride spans the dims inside it."""
-    extent = 1
-    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n > 1):
-        if stride < extent:
-            return False
-        extent = stride * size
-    return True
-
-
-def _span(t: Tensor) -> tuple[int, int]:
-    """[first, last + 1) byte addresses t touches."""
-    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
 def layer_parameters(layers: nn.ModuleList) -> list[nn.Parameter]:

@@ -142,6 +142,22 @@ def hash_buckets(
     return buckets.to(torch.int32)
 
 
+def sortable_ids(buckets: Tensor, n_ids: int) -> Tensor:
+    """Bucket ids in [0, n_ids) in the narrowest integer type that sorts them alike: int16,
+    shifted by -2^15 (a shift keeps the order), when n_ids <= 2^16, else the int32 given.
+    What the reversible forward keeps of the hashing: 2 bytes a (position, head, round), half
+    of an int32 sort order, which `sort_order` re-forms from them in the backward pass."""
+    if n_ids <= 1 << 16:
+        return (buckets - (1 << 15)).to(torch.int16)
+    return buckets
+
+
+def sort_order(ids: Tensor) -> Tensor:
+    """Positions sorted by (bucket, position): (..., L) ids -> (..., L) int32. A stable sort
+    keeps positions in order within each bucket; int32 is what the fused kernels read."""
+    return torch.sort(ids, dim=-1, stable=True).indices.to(torch.int32)
+
+
 def mix_seed(*parts: int) -> int:
     """A deterministic 63-bit seed from integers (Python's hash of str is salted; this is not)."""
     value = 0x9E3779B97F4A7C15

@@ -16,10 +16,20 @@ gradient of output i with respect to input j > i is exactly zero.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from .hashing import bucket_factors, default_n_buckets, draw_rotations, hash_buckets, mix_seed
+from .hashing import (
+    bucket_factors,
+    default_n_buckets,
+    draw_rotations,
+    hash_buckets,
+    mix_seed,
+    sort_order,
+    sortable_ids,
+)
 from .lsh_rounds import HashRounds, attend_all_rounds
 
 EVAL_STEP = -1  # the step id of the fixed eval rotations
@@ -30,8 +40,10 @@ class LSHAttentionCore(nn.Module):
 
     Keys None: the shared-QK keys, the queries normalised (sec 2), formed where they are used.
 
-    `plan` is a per-call dict in which the sort order is stored the first time and read back
-    when the reversible backward recomputes the layer, so it sees the very same buckets.
+    `plan` is a per-call dict in which the bucket ids are stored the first time (2 bytes a
+    position, head and round: `sortable_ids`) and read back when the reversible backward
+    recomputes the layer, so it sees the very same buckets; the sort order is re-formed from
+    them there (`sort_order`), at the cost of a second sort, instead of kept (4 bytes).
     """
 
     def __init__(
@@ -131,6 +143,10 @@ class LSHAttentionCore(nn.Module):
             self._eval_rotations[key] = self._draw(factors, n_hashes, device, EVAL_STEP)
         return self._eval_rotations[key]
 
+    def factors(self, length: int) -> tuple[int, ...]:
+        """The factors of the hash for a (padded) length: their product is the bucket count."""
+        return bucket_factors(self.n_buckets or default_n_buckets(length, self.bucket_size))
+
     def buckets(
         self,
         qk: Tensor,
@@ -142,9 +158,7 @@ class LSHAttentionCore(nn.Module):
         """(B, h, L, d) -> (B, h, R, L) int32 bucket ids of heads `heads` (all by default) at a
         training step (or with the eval rotations); padding gets the id one past the last."""
         heads = heads if heads is not None else slice(0, self.heads)
-        L = qk.shape[2]
-        n_buckets = self.n_buckets or default_n_buckets(L, self.bucket_size)
-        factors = bucket_factors(n_buckets)
+        factors = self.factors(qk.shape[2])
         rotations = [r[heads] for r in self.rotations(factors, n_hashes, qk.device, step)]
         return hash_buckets(qk, rotations, factors, key_valid, self.backend)
 
@@ -159,15 +173,16 @@ class LSHAttentionCore(nn.Module):
         n_hashes: int | None = None,
         plan: dict | None = None,
         heads: slice | None = None,
+        into: Tensor | None = None,
     ) -> Tensor:
+        """into: a (B, H, L, d) tensor to write the output into (`attend_all_rounds`)."""
         heads = heads if heads is not None else slice(0, self.heads)
         R = n_hashes or self.n_hashes
         C = self.bucket_size
-        key = f"order{heads.start}"
+        key = f"buckets{heads.start}"
         if plan is not None and key in plan:
-            order = plan[key]  # (B, h, R, L) int32
-            buckets = plan.get(f"buckets{heads.start}")
-            R = order.shape[2]
+            ids = plan[key]  # (B, h, R, L), as `sortable_ids` left them
+            R = ids.shape[2]
         else:
             step = EVAL_STEP
             if self.training:
@@ -178,23 +193,21 @@ class LSHAttentionCore(nn.Module):
                 step = self._next_step - 1
             with torch.no_grad():
                 buckets = self.buckets(q.detach(), key_valid, R, heads, step)  # (B, h, R, L)
-                # Sort by (bucket, position): a stable sort of the buckets keeps positions in
-                # order within each bucket (bucket ids stay far below 2^31).
-                # int32: the fused kernels read it so, the torch path widens one round at a time
-                order = torch.sort(buckets, dim=-1, stable=True).indices
-                order = order.to(torch.int32)
+                n_ids = math.prod(self.factors(q.shape[2])) + 1  # and the padding's
+                ids = sortable_ids(buckets, n_ids)
+                del buckets
             if plan is not None:
-                plan[key] = order
-                if not self.attend_across_buckets:
-                    plan[f"buckets{heads.start}"] = buckets
+                plan[key] = ids
+        with torch.no_grad():
+            order = sort_order(ids)  # (B, h, R, L) int32
 
         rounds = HashRounds(
             order=order,
             key_valid=key_valid,
-            buckets=None if self.attend_across_buckets else buckets,
+            buckets=None if self.attend_across_buckets else ids.to(torch.int32),
             chunk_size=C,
             causal=self.causal,
             dedup=not self.allow_duplicate_attention,
             backend=self.backend,
         )
-        return attend_all_rounds(q, k, v, rounds)  # (B, H, L, d)
+        return attend_all_rounds(q, k, v, rounds, into)  # (B, H, L, d)

@@ -193,14 +193,14 @@ def _fused_options(q: Tensor, rounds: HashRounds) -> dict:
 
 class _RoundsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, rounds: HashRounds, fused: bool):
+    def forward(ctx, q, k, v, rounds: HashRounds, fused: bool, into: Tensor | None):
         ctx.rounds = rounds
         ctx.fused = fused  # fused_kernels_usable(q, k, v, rounds), decided by the caller
         if ctx.fused:
             from reformer_lab.kernels import lsh_rounds_forward
 
             out, lses, stats = lsh_rounds_forward(
-                q, k, v, rounds.order, stats=True, **_fused_options(q, rounds)
+                q, k, v, rounds.order, stats=True, out=into, **_fused_options(q, rounds)
             )  # (B, H, L, d) in v's dtype, (B, H, R, L), 2 x (B, H, R, L)
             ctx.save_for_backward(q, k, v, out, lses, rounds.order, *stats)
             return out
@@ -211,7 +211,7 @@ class _RoundsFunction(torch.autograd.Function):
         )
         with torch.no_grad():
             out, lses = merge_rounds(q, k, v, rounds)
-        out = out.to(v.dtype)
+        out = _written(out.to(v.dtype), into)
         ctx.save_for_backward(q, k, v, out, lses, rounds.order)
         return out
 
@@ -225,7 +225,7 @@ class _RoundsFunction(torch.autograd.Function):
                 q, k, v, order, out=out, lse=lses, stats=tuple(stats), dout=dout,
                 **_fused_options(q, ctx.rounds),
             )  # fmt: skip
-            return (*grads, None, None)
+            return (*grads, None, None, None)
         q, k, v, out, lses, order = ctx.saved_tensors
         rounds = ctx.rounds
         rounds.order = order
@@ -247,27 +247,43 @@ class _RoundsFunction(torch.autograd.Function):
                 if grad is not None:
                     acc += grad
             del o_r, z_r, round_grads
-        return (grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype), None, None)
+        return (grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype), None, None, None)
 
 
-def attend_all_rounds(q: Tensor, k: Tensor | None, v: Tensor, rounds: HashRounds) -> Tensor:
+def attend_all_rounds(
+    q: Tensor, k: Tensor | None, v: Tensor, rounds: HashRounds, into: Tensor | None = None
+) -> Tensor:
     """Multi-round LSH attention: (B, H, L, d) queries, keys, values -> (B, H, L, d).
 
     k = None: the shared-QK keys, q normalised (sec 2). The fused kernels form them from the
     rows of q as they read them, so no key tensor is stored for the backward pass and the
     keys' gradient reaches dq inside the kernels; the torch path forms them here.
+
+    into: a (B, H, L, d) tensor of v's dtype (any strides) that receives the output, which is
+    then returned as `into` itself: a head group's columns of the (B, L, heads*d) concatenated
+    heads, so that they exist once, not also as the group's own tensor.
     """
     fused = fused_kernels_usable(q, k, v, rounds)  # once: it checks every input
+    if into is not None and (into.shape != v.shape or into.dtype != v.dtype):
+        raise ValueError(
+            f"into must be {v.dtype} {tuple(v.shape)}; got {into.dtype} {tuple(into.shape)}"
+        )
     if k is None and not fused:
         k = normalize_keys(q)
     needs_grad = q.requires_grad or v.requires_grad or (k is not None and k.requires_grad)
     if torch.is_grad_enabled() and needs_grad:
-        return _RoundsFunction.apply(q, k, v, rounds, fused)
+        return _RoundsFunction.apply(q, k, v, rounds, fused, into)
     if fused:
         from reformer_lab.kernels import lsh_rounds_forward
 
         with torch.no_grad():
-            return lsh_rounds_forward(q, k, v, rounds.order, **_fused_options(q, rounds))[0]
+            options = _fused_options(q, rounds)
+            return lsh_rounds_forward(q, k, v, rounds.order, out=into, **options)[0]
     with torch.no_grad():
         out, _ = merge_rounds(q, k, v, rounds)
-    return out.to(v.dtype)
+    return _written(out.to(v.dtype), into)
+
+
+def _written(out: Tensor, into: Tensor | None) -> Tensor:
+    """out, copied into `into` and returned as it when given."""
+    return out if into is None else into.copy_(out)

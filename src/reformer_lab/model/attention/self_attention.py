@@ -70,9 +70,14 @@ class SelfAttention(nn.Module):
         n_hashes: int | None = None,
         plan: dict | None = None,
         heads: slice | None = None,
+        into: Tensor | None = None,
     ) -> Tensor:
         """(B, L, dim) -> (B, L, h*d): heads `heads` (all by default), concatenated, before
-        the output projection."""
+        the output projection.
+
+        into: a (B, L, h*d) tensor of v's dtype (say, the group's columns of all heads'
+        output) which the LSH core writes the output into and which is then returned; the
+        other cores return a tensor of their own, which the caller copies where it wants it."""
         heads = heads if heads is not None else slice(0, self.heads)
         q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
         if self.to_k is None:
@@ -80,7 +85,10 @@ class SelfAttention(nn.Module):
         else:
             k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
         v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
-        out = self.core(q, k, v, key_valid, n_hashes=n_hashes, plan=plan, heads=heads)
+        options = dict(n_hashes=n_hashes, plan=plan, heads=heads)
+        if into is not None and self.kind == "lsh":
+            options["into"] = self.split_heads(into)  # (B, h, L, d) view
+        out = self.core(q, k, v, key_valid, **options)
         B, h, L, d = out.shape
         return out.transpose(1, 2).reshape(B, L, h * d)  # (B, L, h*d)
 
