@@ -257,14 +257,18 @@ def test_reversible_equals_plain_without_dropout_in_projection_chunks(attn_chunk
 
 
 def test_auto_head_groups_follow_the_input_size(monkeypatch):
-    """attn_chunks="auto": base-sized heads (8 of d 64) in one group at 64K tokens, four at
-    256K, one at a time at 1M; and grouped by auto, the model computes what it computes whole."""
+    """attn_chunks="auto": base-sized heads (8 of d 64) in one group at 64K tokens, two at
+    128K and at 256K, one at a time at 1M; tiny's (4 of d 16 at d 64) in one group at 64K, two at 1M; and
+    grouped by auto, the model computes what it computes whole."""
     from reformer_lab.model import lm
 
-    branch = lm.AttentionBranch(tiny(dim=512, heads=8, attn_chunks="auto"), "lsh", 0)
-    sizes = {n: len(branch.head_groups(torch.empty(1, n, 512, device="meta"))) for n in (
-        1 << 16, 1 << 18, 1 << 20)}  # fmt: skip
-    assert sizes == {1 << 16: 1, 1 << 18: 4, 1 << 20: 8}
+    def groups(dim: int, heads: int, lengths: tuple[int, ...]) -> dict[int, int]:
+        branch = lm.AttentionBranch(tiny(dim=dim, heads=heads, attn_chunks="auto"), "lsh", 0)
+        return {n: len(branch.head_groups(torch.empty(1, n, dim, device="meta"))) for n in lengths}
+
+    assert groups(512, 8, (1 << 16, 1 << 17, 1 << 18, 1 << 20)) == {
+        1 << 16: 1, 1 << 17: 2, 1 << 18: 2, 1 << 20: 8}  # fmt: skip
+    assert groups(64, 4, (1 << 16, 1 << 20)) == {1 << 16: 1, 1 << 20: 2}
 
     monkeypatch.setattr(lm, "AUTO_GROUP_ELEMENTS", 6 * 2 * 37 * 8)  # one head per group here
     whole = ReformerLM(tiny(attn_chunks=1, dropout=0.0)).double()

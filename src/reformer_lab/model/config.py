@@ -62,8 +62,9 @@ class ReformerConfig:
     in the reversible recomputation, so only heads / attn_chunks heads' activations exist at
     once (reformer-pytorch chunks the batch under this name; heads bound memory at batch 1).
     "auto": as many groups as keep one group's activations within 2^28 elements (512 MiB in
-    bf16) at the input's size: one group up to 64K tokens at d 512, four at 256K, one head
-    at a time from 1M (more groups mean more, smaller kernels)."""
+    bf16), or 3 streams' worth of elements up to 3 x 2^27 where that is more (`lm.AUTO_GROUP_*`),
+    at the input's size: at d 512 one group up to 64K tokens, two at 128K and 256K, one head at a time
+    from 1M (more groups mean more, smaller kernels and less memory)."""
     loss_chunk_size: int | None = None
     """Positions per chunk in `ReformerLM.loss`: the (seq, vocab) logits never exist at once.
     None: as many as keep a chunk's logits at 2^22 numbers (16384 positions for bytes; on an

@@ -39,7 +39,17 @@ class LMLoss(NamedTuple):
 
 
 AUTO_GROUP_ELEMENTS = 1 << 28
-"""attn_chunks="auto": the activation elements one head group may hold (512 MiB in bf16)."""
+"""attn_chunks="auto": the activation elements one head group may hold (512 MiB in bf16)..."""
+AUTO_GROUP_STREAM_SHARE = 3
+"""... or, where that is more, this many times the elements of one residual stream (B, L, dim),
+which the step holds four fp32 buffers of (8 stream-sizes of bf16), so the group adds at most
+3/8 to them ..."""
+AUTO_GROUP_MAX_ELEMENTS = 3 << 27
+"""... but never more than this (768 MiB in bf16). On an H200 (`profile_step.py --graph`),
+base @ 256K in two groups of four heads: 260 ms and 3.90 GB, against four groups of two: 287 ms
+and 3.68 GB; tiny @ 1M (d 64, four heads of 16) in one group: 2.72 GB and 94 ms, against two:
+2.21 GB and 96 ms. Per head both hold the same, but a stream of tiny is an eighth of base's
+and its group would double the memory beyond the streams, not add a tenth."""
 PROJECTION_CHUNK_ELEMENTS = 1 << 24
 """Elements of one sequence chunk of the attention's output projection in the reversible
 passes (32 MiB in bf16: 32K positions at d 512)."""
@@ -71,11 +81,14 @@ class AttentionBranch(nn.Module):
     def head_groups(self, x: Tensor) -> list[slice]:
         """The head groups computed one at a time for input x (B, L, dim): `attn_chunks` of
         them, or with "auto" as many as keep a group's activations (q, v, the output, their
-        gradients: ~6 (B, L, d) per head) within AUTO_GROUP_ELEMENTS."""
+        gradients: ~6 (B, L, d) per head) within the budget AUTO_GROUP_* describe."""
         chunks = self.attn_chunks
         if chunks == "auto":
-            per_head = 6 * x.shape[0] * x.shape[1] * self.head_dim
-            heads_per_group = max(1, AUTO_GROUP_ELEMENTS // per_head)
+            B, L, dim = x.shape
+            per_head = 6 * B * L * self.head_dim
+            by_streams = min(AUTO_GROUP_STREAM_SHARE * B * L * dim, AUTO_GROUP_MAX_ELEMENTS)
+            budget = max(AUTO_GROUP_ELEMENTS, by_streams)
+            heads_per_group = max(1, budget // per_head)
             chunks = -(-self.heads // heads_per_group)
         return [slice(s.start, s.stop) for s in sequence_chunks(self.heads, chunks)]
 
