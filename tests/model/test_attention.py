@@ -81,7 +81,7 @@ def test_multi_round_merge_equals_appendix_a(causal, dedup):
     core = lsh_core(bucket_size=4, n_hashes=3, causal=causal, allow_duplicate_attention=not dedup)
     plan: dict = {}
     out = core(qk, k, v, valid, plan=plan)
-    order = sort_order(plan["buckets0"]).long()  # (B, H, R, L)
+    order = plan["order0"].long()  # (B, H, R, L)
     for h in range(2):
         ref = lsh_rounds(qk[0, h], v[0, h], order[0, h], 4, causal, valid[0], dedup)
         torch.testing.assert_close(out[0, h, :27], ref[:27], rtol=1e-9, atol=1e-9)
@@ -101,7 +101,7 @@ def test_sort_is_by_bucket_then_position_and_padding_sorts_last():
     core = lsh_core(bucket_size=8, n_hashes=2).eval()
     plan: dict = {}
     core(qk, k, v, valid, plan=plan)
-    order = sort_order(plan["buckets0"]).long()[0]  # (H, R, L)
+    order = plan["order0"].long()[0]  # (H, R, L)
     buckets = core.buckets(qk, valid, 2)[0]  # (H, R, L)
     sorted_buckets = buckets.gather(-1, order)
     assert (sorted_buckets[..., 1:] >= sorted_buckets[..., :-1]).all()

@@ -164,7 +164,7 @@ def test_n_hashes_override():
     plan: dict = {}
     x = torch.randn(1, 2, 64, 8)
     model.layers[0].f.attention.core(x, x, x, None, n_hashes=8, plan=plan)
-    assert plan["buckets0"].shape == (1, 2, 8, 64)
+    assert plan["order0"].shape == (1, 2, 8, 64)
     with pytest.raises(ValueError, match="n_hashes"):
         model(tokens, n_hashes=0)
 

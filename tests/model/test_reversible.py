@@ -90,8 +90,8 @@ def saved_bytes(model: ReformerLM, tokens: torch.Tensor) -> int:
     return total
 
 
-@pytest.mark.parametrize("attention", ["local", "lsh"])
-def test_bytes_saved_for_backward_stay_flat_with_depth_when_reversible(attention):
+@pytest.mark.parametrize("attention, attn_chunks", [("local", 1), ("lsh", 1), ("lsh", 2)])
+def test_bytes_saved_for_backward_stay_flat_with_depth_when_reversible(attention, attn_chunks):
     B, N, heads, R = 2, 64, 2, 2
     tokens = torch.randint(0, 17, (B, N))
     sizes = {}
@@ -105,12 +105,14 @@ def test_bytes_saved_for_backward_stay_flat_with_depth_when_reversible(attention
                 dropout=0.0,
                 n_hashes=R,
                 heads=heads,
+                attn_chunks=attn_chunks,
             )
             sizes[reversible, depth] = saved_bytes(ReformerLM(cfg), tokens)
     growth_rev = sizes[True, 8] - sizes[True, 2]
     growth_plain = sizes[False, 8] - sizes[False, 2]
-    # Reversible: only the LSH bucket ids per layer (int16 per token, head and round) are kept.
-    plan_bytes = B * heads * R * N * 2 if attention == "lsh" else 0
+    # Reversible: only the LSH hashing per layer is kept, per token, head and round: the
+    # int32 sort order with all heads at once, the int16 bucket ids with heads in groups.
+    plan_bytes = B * heads * R * N * (4 if attn_chunks == 1 else 2) if attention == "lsh" else 0
     assert growth_rev == 6 * plan_bytes
     # Plain: at least the two residual streams of every extra layer (fp32).
     assert growth_plain > 6 * 2 * B * N * 16 * 4

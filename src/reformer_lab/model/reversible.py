@@ -8,9 +8,9 @@ Each layer maps (X1, X2) to
 and its inputs are recovered from its outputs, X2 = Y2 - G(Y1), X1 = Y1 - F(X2), so the
 backward pass recomputes each layer from the one above instead of storing activations. The
 custom autograd function below keeps only the last layer's output, plus, per layer, the LSH
-bucket ids computed in the forward pass (an int16 per token, head and round, from which the
-sort order is re-formed) and the RNG state before each branch, so the recomputation sees the
-same buckets and dropout masks.
+hashing of the forward pass (the int32 sort order per token, head and round; with the heads in
+groups, the int16 bucket ids it is re-formed from) and the RNG state before each branch, so
+the recomputation sees the same buckets and dropout masks.
 
 Parameters are inputs of the function and their gradients are returned from its backward
 (not accumulated behind autograd's back), so they get gradients even when the inputs need
@@ -56,7 +56,7 @@ def replaying(state: RngState | None) -> contextlib.AbstractContextManager:
 class LayerRecord:
     """What a layer's backward needs to recompute its forward exactly."""
 
-    plan: dict = field(default_factory=dict)  # attention's bucket ids, per head group
+    plan: dict = field(default_factory=dict)  # attention's hashing, per head group
     rng_f: RngState | None = None
     rng_g: RngState | None = None
 

@@ -40,10 +40,11 @@ class LSHAttentionCore(nn.Module):
 
     Keys None: the shared-QK keys, the queries normalised (sec 2), formed where they are used.
 
-    `plan` is a per-call dict in which the bucket ids are stored the first time (2 bytes a
-    position, head and round: `sortable_ids`) and read back when the reversible backward
-    recomputes the layer, so it sees the very same buckets; the sort order is re-formed from
-    them there (`sort_order`), at the cost of a second sort, instead of kept (4 bytes).
+    `plan` is a per-call dict in which the hashing is stored the first time and read back
+    when the reversible backward recomputes the layer, so it sees the very same buckets: the
+    int32 sort order (4 bytes a position, head and round) when all heads are computed at once,
+    the bucket ids (2 bytes: `sortable_ids`) when they are computed in groups, as they are
+    where memory is short; the order is then re-formed from them by a second sort.
     """
 
     def __init__(
@@ -179,10 +180,10 @@ class LSHAttentionCore(nn.Module):
         heads = heads if heads is not None else slice(0, self.heads)
         R = n_hashes or self.n_hashes
         C = self.bucket_size
-        key = f"buckets{heads.start}"
-        if plan is not None and key in plan:
-            ids = plan[key]  # (B, h, R, L), as `sortable_ids` left them
-            R = ids.shape[2]
+        kept = _kept_hashing(plan, heads.start)
+        if kept is not None:
+            ids, order = kept  # (B, h, R, L) each, one of them perhaps None
+            R = (ids if order is None else order).shape[2]
         else:
             step = EVAL_STEP
             if self.training:
@@ -196,10 +197,18 @@ class LSHAttentionCore(nn.Module):
                 n_ids = math.prod(self.factors(q.shape[2])) + 1  # and the padding's
                 ids = sortable_ids(buckets, n_ids)
                 del buckets
+                order = sort_order(ids)  # (B, h, R, L) int32
             if plan is not None:
-                plan[key] = ids
-        with torch.no_grad():
-            order = sort_order(ids)  # (B, h, R, L) int32
+                # Heads in groups (memory is short): keep the ids and sort again in the
+                # backward pass. All heads at once: keep the order (twice the bytes, no sort).
+                grouped = heads.stop - heads.start < self.heads
+                plan[f"ids{heads.start}"] = (
+                    ids if grouped or not self.attend_across_buckets else None
+                )
+                plan[f"order{heads.start}"] = None if grouped else order
+        if order is None:
+            with torch.no_grad():
+                order = sort_order(ids)
 
         rounds = HashRounds(
             order=order,
@@ -211,3 +220,11 @@ class LSHAttentionCore(nn.Module):
             backend=self.backend,
         )
         return attend_all_rounds(q, k, v, rounds, into)  # (B, H, L, d)
+
+
+def _kept_hashing(plan: dict | None, first_head: int) -> tuple[Tensor | None, Tensor | None] | None:
+    """(bucket ids, sort order) that a plan holds for the head group from `first_head`, either
+    perhaps None; None when it holds neither (the first call)."""
+    if plan is None or f"ids{first_head}" not in plan:
+        return None
+    return plan[f"ids{first_head}"], plan[f"order{first_head}"]
