@@ -129,13 +129,17 @@ def test_reversible_backward_reuses_forward_buckets():
     assert steps == [1, 1]
 
 
-@pytest.mark.parametrize("attention", ["lsh", "local", "full"])
-def test_head_groups_change_nothing_but_memory(attention):
+@pytest.mark.parametrize(
+    "attention, across", [("lsh", True), ("lsh", False), ("local", True), ("full", True)]
+)
+def test_head_groups_change_nothing_but_memory(attention, across):
     # attn_chunks=2 computes heads {0}, {1} separately, in forward and in the reversible
-    # recomputation (dropout mask replayed once for the summed output).
+    # recomputation (dropout mask replayed once for the summed output); LSH keeps the sort
+    # order with one group and the bucket ids with two (across=False: they also mask keys).
     torch.manual_seed(0)
-    whole = ReformerLM(tiny(attention=attention, attn_chunks=1)).double()
-    grouped = ReformerLM(tiny(attention=attention, attn_chunks=2)).double()
+    cfg = dict(attention=attention, attend_across_buckets=across)
+    whole = ReformerLM(tiny(attn_chunks=1, **cfg)).double()
+    grouped = ReformerLM(tiny(attn_chunks=2, **cfg)).double()
     grouped.load_state_dict(whole.state_dict())
     tokens = torch.randint(0, 17, (2, 37))
     loss_w, grads_w = loss_and_grads(whole, tokens)
