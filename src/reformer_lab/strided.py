@@ -20,3 +20,12 @@ def byte_span(t: Tensor) -> tuple[int, int]:
     """[first, last + 1) byte addresses t touches (non-negative strides)."""
     last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
     return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def same_elements(a: Tensor, b: Tensor) -> bool:
+    """a and b address the very same elements in the same order: one start, one shape, and
+    one stride along every dim of more than one element (a size-1 dim's stride is arbitrary,
+    and views made by autograd may differ there)."""
+    if a.data_ptr() != b.data_ptr() or a.shape != b.shape:
+        return False
+    return all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()))

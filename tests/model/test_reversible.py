@@ -173,6 +173,18 @@ def test_incoming_gradients_are_overwritten_only_when_they_are_separate_buffers(
     assert not writable(both[..., 0:4:2], both[..., 1:5:2])  # interleaved columns
 
 
+def test_a_group_output_already_in_its_columns_is_recognised_as_such():
+    from reformer_lab.strided import same_elements
+
+    wide = torch.zeros(1, 6, 8)
+    cols = wide[..., :4]
+    assert same_elements(cols, cols.as_strided(cols.shape, (999, 8, 1)))  # size-1 dim's stride
+    assert not same_elements(cols, wide[..., 4:])  # other columns
+    assert not same_elements(cols, cols.clone())  # a copy
+    assert not same_elements(cols, wide[..., :4].transpose(1, 2).transpose(1, 2)[:, :5])
+    assert not same_elements(wide[0, :4, :4], wide[0, :4, :4].T)  # same start, other order
+
+
 @pytest.mark.parametrize("attn_chunks", [1, 2])
 @pytest.mark.parametrize("dropout", [0.3, 0.0])
 def test_attention_branch_recompute_writes_into_the_streams(attn_chunks, dropout, monkeypatch):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..strided import same_elements
 from .attention import SelfAttention
 from .config import ReformerConfig
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
@@ -178,7 +179,7 @@ class AttentionBranch(nn.Module):
         if heads_out is None:
             return out
         cols = self._columns(heads_out, heads)
-        if not (out.data_ptr() == cols.data_ptr() and out.stride() == cols.stride()):
+        if not same_elements(out, cols):
             cols.copy_(out)
         return heads_out
 
