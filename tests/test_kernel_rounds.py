@@ -307,14 +307,14 @@ def test_rounds_write_into_a_given_buffer(monkeypatch, fused):
 def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_chunks):
     """The whole model, shared QK (keys formed in the kernels), reversible, 2 layers, the heads
     in one group or two (which write into one tensor of all heads): the same loss and
-    parameter gradients with the fused kernels (rounds, LayerNorm, hashing) as with the torch
+    parameter gradients with the fused kernels (rounds, LayerNorm, hashing, stream updates) as with the torch
     backend."""
-    from reformer_lab.model import ReformerConfig, ReformerLM, layer_norm
+    from reformer_lab.model import ReformerConfig, ReformerLM, layer_norm, stream_add
     from reformer_lab.model.attention import hashing
 
-    for module in (lsh_rounds, layer_norm, hashing):
+    for module in (lsh_rounds, layer_norm, hashing, stream_add):
         monkeypatch.setattr(module, "FUSED_ON_CPU_UNDER_INTERPRETER", True)
-    calls = {"hash": 0, "norm": 0}
+    calls = {"hash": 0, "norm": 0, "stream": 0}
 
     def counting(name, test):
         def counted(*args):
@@ -326,6 +326,7 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
 
     monkeypatch.setattr(hashing, "fused_hash_usable", counting("hash", hashing.fused_hash_usable))
     monkeypatch.setattr(layer_norm, "fused_usable", counting("norm", layer_norm.fused_usable))
+    monkeypatch.setattr(stream_add, "fused_usable", counting("stream", stream_add.fused_usable))
     tokens = torch.randint(0, 32, (2, 65), device=DEVICE)
     results = {}
     for backend in ("torch", "triton"):
@@ -340,6 +341,7 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
         results[backend] = [loss.detach(), *(p.grad for p in model.parameters())]
     # 2 layers (x groups): the triton run fused them
     assert calls["hash"] == 2 * attn_chunks and calls["norm"] >= 2 * 4
+    assert calls["stream"] >= 2 * 4  # each branch's update, forward and recomputation
     names = ["loss", *(n for n, _ in model.named_parameters())]
     for name, a, b in zip(names, results["triton"], results["torch"]):
         assert _relative_error(a, b) < 1e-4, name

@@ -108,12 +108,15 @@ def _part_grads(X, G, W, rows, row_ok, cols, col_ok, mean, rstd, L, s_b, s_l, D)
 
 
 @triton.jit
-def _store_dx(DX, dx, rows, row_ok, cols, col_ok, L, s_b, s_l, ACCUMULATE: tl.constexpr):
+def _dx_rows(DX, rows, row_ok, cols, col_ok, L, s_b, s_l, ACCUMULATE: tl.constexpr):
+    """(pointers, mask, what the rows of DX hold now as fp32, or 0 without ACCUMULATE): read
+    with x and g, before the row reductions, so that its latency overlaps theirs."""
     mask = row_ok[:, None] & col_ok[None, :]
     ptr = DX + _row_offsets(rows, L, s_b, s_l)[:, None] + cols[None, :]
+    held = 0.0
     if ACCUMULATE:
-        dx += tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-    tl.store(ptr, dx.to(DX.dtype.element_ty), mask=mask)
+        held = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    return ptr, mask, held
 
 
 @triton.jit
@@ -163,23 +166,27 @@ def _ln_bwd_kernel(
         xh1, gw1, g1 = _part_grads(
             X1, G, W, rows, row_ok, cols, col_ok, mean, rstd, L, x1_sb, x1_sl, D
         )
+        ptr1, mask1, held1 = _dx_rows(DX1, rows, row_ok, cols, col_ok, L, d1_sb, d1_sl, ACCUMULATE)
         c_hat = tl.sum(gw1 * xh1, 1)  # (M,)
         c_one = tl.sum(gw1, 1)
         if TWO:
             xh2, gw2, g2 = _part_grads(
                 X2, G + P, W + P, rows, row_ok, cols, col_ok, mean, rstd, L, x2_sb, x2_sl, D
             )
+            ptr2, mask2, held2 = _dx_rows(
+                DX2, rows, row_ok, cols, col_ok, L, d2_sb, d2_sl, ACCUMULATE
+            )
             c_hat += tl.sum(gw2 * xh2, 1)
             c_one += tl.sum(gw2, 1)
         c_hat = c_hat / D
         c_one = c_one / D
-        dx1 = rstd[:, None] * (gw1 - c_one[:, None] - xh1 * c_hat[:, None])
-        _store_dx(DX1, dx1, rows, row_ok, cols, col_ok, L, d1_sb, d1_sl, ACCUMULATE)
+        dx1 = rstd[:, None] * (gw1 - c_one[:, None] - xh1 * c_hat[:, None]) + held1
+        tl.store(ptr1, dx1.to(DX1.dtype.element_ty), mask=mask1)
         dw1 += tl.sum(g1 * xh1, 0)
         db1 += tl.sum(g1, 0)
         if TWO:
-            dx2 = rstd[:, None] * (gw2 - c_one[:, None] - xh2 * c_hat[:, None])
-            _store_dx(DX2, dx2, rows, row_ok, cols, col_ok, L, d2_sb, d2_sl, ACCUMULATE)
+            dx2 = rstd[:, None] * (gw2 - c_one[:, None] - xh2 * c_hat[:, None]) + held2
+            tl.store(ptr2, dx2.to(DX2.dtype.element_ty), mask=mask2)
             dw2 += tl.sum(g2 * xh2, 0)
             db2 += tl.sum(g2, 0)
     tl.store(DW_PART + pid * D + cols, dw1, mask=col_ok)

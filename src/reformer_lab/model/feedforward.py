@@ -35,12 +35,18 @@ class FeedForward(nn.Module):
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        first, _, dropout, second = self.net
         if not fused_usable(x, self.backend):
             return self.net(x)
+        second = self.net[-1]
+        return linear(self.hidden(x), second.weight, second.bias)  # db by one matmul
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """The second matmul's input, dropout(GELU(x W1^T + b1)): (B, L, dim) -> (B, L, hidden)."""
+        first, act, dropout, _ = self.net
+        if not fused_usable(x, self.backend):
+            return dropout(act(first(x)))
         pre = F.linear(x, first.weight)  # (B, L, hidden), the bias comes in bias_gelu
-        h = dropout(bias_gelu(pre, first.bias, fused=True))
-        return linear(h, second.weight, second.bias)  # its bias gradient by one matmul
+        return dropout(bias_gelu(pre, first.bias, fused=True))
 
 
 def sequence_chunks(length: int, n_chunks: int) -> list[slice]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..strided import same_elements
+from . import stream_add
 from .attention import SelfAttention
 from .config import ReformerConfig
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
@@ -187,8 +188,12 @@ class AttentionBranch(nn.Module):
         """y += sign * (O W^T + b) in place, in the projection chunks (the forward adds, the
         recomputation subtracts the very same values)."""
         w, b = self.attention.to_out.weight, self.attention.to_out.bias
+        fused = stream_add.fused_usable(y, self.backend)
         for s in self.projection_chunks(y):
-            y[:, s].add_(F.linear(heads_out[:, s], w, b), alpha=sign)  # (B, l, dim) matmul dtype
+            if fused:  # the bias added with the product, in one pass over the stream
+                stream_add.add_update(y[:, s], F.linear(heads_out[:, s], w), b, sign, self.backend)
+            else:
+                y[:, s].add_(F.linear(heads_out[:, s], w, b), alpha=sign)  # (B, l, dim)
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         out = None
@@ -320,6 +325,49 @@ class FeedForwardBranch(nn.Module):
         """grad_into: the backward adds x's gradient into it (see `layer_norm_to`)."""
         h = layer_norm_to(x, self.norm, matmul_dtype(x), grad_into, self.backend)  # (B, L, dim)
         return self.dropout(self.ff(h))
+
+    def updates_unbiased(self, y: Tensor) -> bool:
+        """Whether the reversible passes update the stream y with `unbiased` and
+        `stream_add.add_update` (no active dropout, which covers the bias too, and y an fp32
+        stream the fused update takes) rather than with G(x) itself."""
+        drops = isinstance(self.dropout, nn.Dropout) and self.training
+        return not drops and stream_add.fused_usable(y, self.backend)
+
+    def unbiased(self, x: Tensor, grad_into: Tensor | None = None) -> Tensor:
+        """G(x) without the last matmul's bias (`ff.net[-1].bias`), in the matmuls' dtype,
+        for `updates_unbiased`: (B, L, dim)."""
+        h = layer_norm_to(x, self.norm, matmul_dtype(x), grad_into, self.backend)  # (B, L, dim)
+        return F.linear(self.ff.hidden(h), self.ff.net[-1].weight)
+
+    def add_into(self, y: Tensor, x: Tensor) -> None:
+        """y += G(x) IN PLACE, without a graph (the reversible forward): y, x (B, l, dim)."""
+        if self.updates_unbiased(y):
+            stream_add.add_update(y, self.unbiased(x), self.ff.net[-1].bias, 1, self.backend)
+        else:
+            y += self(x)
+
+    def recompute_backward(
+        self, x: Tensor, grad: Tensor, *, y: Tensor, dx: Tensor
+    ) -> list[Tensor | None]:
+        """The inverse of `add_into` with its gradient, IN PLACE: y -= G(x) (the very values
+        `add_into` added) and dx += dG/dx^T grad; returns the parameter gradients in
+        `self.parameters()` order. x, grad, y, dx: (B, l, dim), a sequence chunk."""
+        params = list(self.parameters())
+        x = x.detach().requires_grad_()
+        unbiased = self.updates_unbiased(y)
+        with torch.enable_grad():  # x's gradient goes straight into dx (layer_norm_to)
+            out = self.unbiased(x, grad_into=dx) if unbiased else self(x, grad_into=dx)
+        low = grad.to(out.dtype)  # (B, l, dim), as autograd would cast it
+        grads = list(torch.autograd.grad(out, [x, *params], low, allow_unused=True))
+        assert grads.pop(0) is None  # it went into dx
+        if unbiased:  # the bias is not in the graph: db = 1^T grad
+            bias = self.ff.net[-1].bias
+            stream_add.add_update(y, out.detach(), bias, -1, self.backend)
+            at = next(i for i, p in enumerate(params) if p is bias)
+            grads[at] = column_sums(low.flatten(0, 1)).to(bias.dtype)
+        else:
+            y -= out.detach()
+        return grads
 
 
 class ReformerLM(nn.Module):

@@ -66,8 +66,8 @@ class ReversibleLayer(nn.Module):
 
     def __init__(self, f: nn.Module, g: nn.Module, ff_chunks: int) -> None:
         """f: the attention branch (it must offer `add_into`, `drops` and
-        `recompute_backward`); g: position-wise, called as g(x, grad_into=...) in the backward
-        pass (`FeedForwardBranch`)."""
+        `recompute_backward`); g: position-wise, applied a sequence chunk at a time by its
+        `add_into` and `recompute_backward` (`FeedForwardBranch`)."""
         super().__init__()
         self.f, self.g, self.ff_chunks = f, g, ff_chunks
 
@@ -105,7 +105,7 @@ class ReversibleLayer(nn.Module):
             return y1, x2 + apply_chunked(self.g, y1, self.ff_chunks)
         y2 = x2
         for s in sequence_chunks(y1.shape[1], self.ff_chunks):
-            y2[:, s] += self.g(y1[:, s])  # (B, l, dim)
+            self.g.add_into(y2[:, s], y1[:, s])  # (B, l, dim)
         return y1, y2
 
     def backward_pass(
@@ -130,14 +130,10 @@ class ReversibleLayer(nn.Module):
         # differentiate it one sequence chunk at a time (sec 3, chunking).
         with replaying(record.rng_g):
             for s in sequence_chunks(y1.shape[1], self.ff_chunks):
-                y1_s = y1[:, s].detach().requires_grad_()
-                with torch.enable_grad():  # y1's gradient goes straight into dy1
-                    g_out = self.g(y1_s, grad_into=dy1[:, s])  # (B, l, dim)
-                grads = torch.autograd.grad(g_out, [y1_s, *g_params], dy2[:, s], allow_unused=True)
-                assert grads[0] is None  # it went into dy1
-                y2[:, s] -= g_out.detach()  # y2 now holds x2 on this chunk
-                g_grads = [add_grads(a, b) for a, b in zip(g_grads, grads[1:])]
-                del g_out, grads
+                # y2 now holds x2 on this chunk, and dy1 has G's share of the gradient
+                grads = self.g.recompute_backward(y1[:, s], dy2[:, s], y=y2[:, s], dx=dy1[:, s])
+                g_grads = [add_grads(a, b) for a, b in zip(g_grads, grads)]
+                del grads
         # X1 = Y1 - F(X2) and dX2 = dY2 + dF/dX2^T dX1, with dX1 = dY1 (now complete); the
         # branch recomputes itself head group by head group (AttentionBranch), writing into
         # y1 (now x1) and dy2 (now dx2) as it goes.
