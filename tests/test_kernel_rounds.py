@@ -309,7 +309,13 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
     in one group or two (which write into one tensor of all heads): the same loss and
     parameter gradients with the fused kernels (rounds, LayerNorm, hashing, stream updates) as with the torch
     backend."""
-    from reformer_lab.model import ReformerConfig, ReformerLM, layer_norm, stream_add
+    from reformer_lab.model import (
+        ReformerConfig,
+        ReformerLM,
+        joint_projection,
+        layer_norm,
+        stream_add,
+    )
     from reformer_lab.model.attention import hashing
 
     for module in (lsh_rounds, layer_norm, hashing, stream_add):
@@ -327,9 +333,15 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
     monkeypatch.setattr(hashing, "fused_hash_usable", counting("hash", hashing.fused_hash_usable))
     monkeypatch.setattr(layer_norm, "fused_usable", counting("norm", layer_norm.fused_usable))
     monkeypatch.setattr(stream_add, "fused_usable", counting("stream", stream_add.fused_usable))
+    joined = []  # the q, v projection's backward: its gradients read as one buffer, no copy
+    whole = joint_projection.column_blocks_of_one
+    monkeypatch.setattr(
+        joint_projection, "column_blocks_of_one", lambda g: joined.append(whole(g)) or joined[-1]
+    )
     tokens = torch.randint(0, 32, (2, 65), device=DEVICE)
     results = {}
     for backend in ("torch", "triton"):
+        joined.clear()
         torch.manual_seed(0)
         cfg = ReformerConfig(
             vocab_size=32, dim=32, depth=2, heads=2, max_seq_len=64, bucket_size=16,
@@ -342,6 +354,7 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
     # 2 layers (x groups): the triton run fused them
     assert calls["hash"] == 2 * attn_chunks and calls["norm"] >= 2 * 4
     assert calls["stream"] >= 2 * 4  # each branch's update, forward and recomputation
+    assert len(joined) == 2 * attn_chunks and all(g is not None for g in joined)  # triton's
     names = ["loss", *(n for n, _ in model.named_parameters())]
     for name, a, b in zip(names, results["triton"], results["torch"]):
         assert _relative_error(a, b) < 1e-4, name

@@ -179,7 +179,7 @@ def lsh_rounds_forward(
     lse = torch.empty(B, H, R, L, **f32)
     row_stats = (torch.empty_like(lse), torch.empty_like(lse)) if stats else None
     if out is None:
-        out = torch.empty_like(v)  # v's layout: (B, L, H, d) memory stays so, a free head merge
+        out = empty_heads(v)  # v's layout: (B, L, H, d) memory stays so, a free head merge
     out_acc = torch.empty(B, H, L, d, **f32) if R > 1 else out
     lse_acc = torch.empty(2, B, H, L, **f32) if R > 1 else lse  # running max, then mass
     for r in range(R):
@@ -244,7 +244,8 @@ def lsh_rounds_backward(
         chunk_size=chunk_size, scale=float(scale), causal=bool(causal), configs=configs,
         interpret=interpreting(), norm_keys=norm_keys,
     )  # fmt: skip
-    grads = (torch.empty_like(q), None if norm_keys else torch.empty_like(k), torch.empty_like(v))
+    dq, dv = gradients_like(q, v) if norm_keys else (torch.empty_like(q), torch.empty_like(v))
+    grads = (dq, None if norm_keys else torch.empty_like(k), dv)
     for h in accumulator_passes(q.shape, R):
         view, packed = (lambda x, h=h: _heads(x, h)), (lambda x, h=h: _heads(x, h, packed=True))
         _backward_heads(
@@ -253,6 +254,35 @@ def lsh_rounds_backward(
             grad_dot=packed(grad_dot), dout=view(dout), grads=tuple(map(view, grads)), **run,
         )  # fmt: skip
     return grads
+
+
+def empty_heads(x: Tensor) -> Tensor:
+    """An empty dense (B, H, L, d) tensor like x, its memory in x's order of dims where that
+    is the projections' (b, l, h, d) (so a head merge after it is free), even when x itself is
+    not dense (a column block of a wider projection); else `empty_like`'s."""
+    B, H, L, d = x.shape
+    if H > 1 and x.stride(2) > x.stride(1) > x.stride(3):
+        return torch.empty(B, L, H, d, dtype=x.dtype, device=x.device).transpose(1, 2)
+    return torch.empty_like(x)
+
+
+def gradients_like(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Empty (dq, dv) in q's and v's layouts. Where q and v are the two column blocks of one
+    (B, L, 2 H d) projection (`model.joint_projection`), dq and dv are so too: the
+    projection's backward then reads them as one tensor instead of concatenating them."""
+    B, H, L, d = q.shape
+    joint = (B, L, 2 * H * d)
+    together = (
+        v.shape == q.shape
+        and v.dtype == q.dtype
+        and q.stride() == v.stride() == (L * 2 * H * d, d, 2 * H * d, 1)
+        and q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+        and v.storage_offset() - q.storage_offset() == H * d
+    )
+    if not together:
+        return empty_heads(q), empty_heads(v)
+    both = torch.empty(joint, dtype=q.dtype, device=q.device).view(B, L, 2, H, d)
+    return both[:, :, 0].transpose(1, 2), both[:, :, 1].transpose(1, 2)  # (B, H, L, d) each
 
 
 ACCUMULATOR_BYTES = 64 << 20

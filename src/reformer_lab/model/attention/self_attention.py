@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ReformerConfig
+from ..joint_projection import joint_projection
 from .chunked import normalize_keys
 from .full import FullAttentionCore
 from .local import LocalAttentionCore
@@ -79,12 +80,17 @@ class SelfAttention(nn.Module):
         output) which the LSH core writes the output into and which is then returned; the
         other cores return a tensor of their own, which the caller copies where it wants it."""
         heads = heads if heads is not None else slice(0, self.heads)
-        q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
-        if self.to_k is None:
-            k = None if self.keys_in_core else normalize_keys(q)
+        if self.keys_in_core:  # q and v: column blocks of one matmul's output
+            w_q, w_v = self.head_rows(self.to_q, heads), self.head_rows(self.to_v, heads)
+            q, v = (self.split_heads(t) for t in joint_projection(x, w_q, w_v))  # (B, h, L, d)
+            k = None
         else:
-            k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
-        v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
+            q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
+            if self.to_k is None:
+                k = normalize_keys(q)
+            else:
+                k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
+            v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
         options = dict(n_hashes=n_hashes, plan=plan, heads=heads)
         if into is not None and self.kind == "lsh":
             options["into"] = self.split_heads(into)  # (B, h, L, d) view
