@@ -196,3 +196,57 @@ def test_out_of_memory_is_reported_with_the_keys_to_change(tmp_path: Path) -> No
         run_recorded(cfg, train, program="reformer-train")
     outcome = json.loads((tmp_path / "result.json").read_text())
     assert outcome["status"] == "failed" and "data.batch_size" in outcome["reason"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.accelerator=cpu"], "needs a CUDA GPU"),
+        (["trainer.accelerator=gpu", "trainer.devices=2"], "runs on one GPU"),
+        (["trainer.accelerator=gpu", "model.dropout=0.1"], "needs model.dropout=0"),
+        (["trainer.accelerator=gpu", "trainer.precision=16-mixed"], "a loss scaler cannot"),
+        (
+            [
+                "trainer.accelerator=gpu",
+                "trainer.precision=bf16-mixed",
+                "trainer.accumulate_grad_batches=2",
+            ],
+            "accumulate_grad",
+        ),
+    ],
+)
+def test_capture_train_step_refuses_what_a_graph_cannot_replay(
+    overrides: list[str], message: str, monkeypatch, tmp_path: Path
+) -> None:
+    """Checked before any model is built: each message names the key to change (and the way
+    out, capture_train_step=false). CUDA is pretended past the first check."""
+    from reformer_lab.cli.validate import InvalidRunConfig, validate_run
+
+    if overrides != ["trainer.accelerator=cpu"]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = compose_train([*TINY, "capture_train_step=true", *overrides], output_dir=tmp_path)
+    with pytest.raises(InvalidRunConfig, match=message) as caught:
+        validate_run(cfg)
+    assert "capture_train_step=false" in str(caught.value)
+
+
+def test_captured_run_clips_in_the_module_not_the_trainer(monkeypatch, tmp_path: Path) -> None:
+    """Manual optimization: the Trainer's gradient_clip_val moves to the module, which clips
+    with Lightning's clip_gradients (the Trainer would refuse to clip in this mode)."""
+    from reformer_lab.cli.build import build_module, build_trainer
+    from reformer_lab.cli.validate import validate_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = compose_train(
+        [*TINY, "capture_train_step=true", "trainer.accelerator=gpu", "trainer.precision=32-true"],
+        output_dir=tmp_path,
+    )
+    module = build_module(cfg, validate_run(cfg))
+    assert module.capture_train_step and not module.automatic_optimization
+    assert module.gradient_clip_val == cfg.trainer.gradient_clip_val == 1.0
+    monkeypatch.undo()  # a real Trainer on this machine: on the CPU
+    cfg.trainer.accelerator = "cpu"
+    trainer = build_trainer(cfg, callbacks=[], loggers=[])
+    assert trainer.gradient_clip_val is None
+    with pytest.raises(ValueError, match="gradient_clip_val is for capture_train_step"):
+        type(module)(module.model.cfg, gradient_clip_val=1.0)

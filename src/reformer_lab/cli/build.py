@@ -16,6 +16,13 @@ from reformer_lab.lit import ReformerLitModule, resolve_precision
 
 
 def build_module(cfg: DictConfig, plan: RunPlan) -> ReformerLitModule:
+    captured = bool(cfg.get("capture_train_step"))
+    clipping = {}
+    if captured:  # the module steps the optimizer, so it clips (see build_trainer)
+        clipping = {
+            "gradient_clip_val": cfg.trainer.get("gradient_clip_val"),
+            "gradient_clip_algorithm": cfg.trainer.get("gradient_clip_algorithm") or "norm",
+        }
     return ReformerLitModule(
         plan.model_config,
         optimizer=plan.optimizer,
@@ -23,6 +30,8 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> ReformerLitModule:
         metric=plan.datamodule.metric,
         eval_n_hashes=cfg.get("eval_n_hashes"),
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        capture_train_step=captured,
+        **clipping,
     )
 
 
@@ -71,8 +80,12 @@ def wandb_group_and_name(output_dir: str) -> tuple[str | None, str]:
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
     precision = resolve_precision(cfg.trainer.get("precision"))
+    manual = {}
+    if cfg.get("capture_train_step"):  # manual optimization: the module clips, not the Trainer
+        manual = {"gradient_clip_val": None, "gradient_clip_algorithm": None}
     return instantiate(
         cfg.trainer,
+        **manual,
         precision=precision,
         callbacks=callbacks,
         logger=loggers if loggers else False,

@@ -70,7 +70,46 @@ def validate_run(cfg: DictConfig) -> RunPlan:
         raise InvalidRunConfig(
             f"eval_n_hashes={eval_n_hashes!r} must be a positive integer or null"
         )
+    if cfg.get("capture_train_step"):
+        check_capturable(cfg, model_config)
     return RunPlan(datamodule, model_config, optimizer, scheduler)
+
+
+def check_capturable(cfg: DictConfig, config: ReformerConfig) -> None:
+    """capture_train_step=true (`ReformerLitModule`): what a CUDA-graph replay of the training
+    step cannot do is refused here, each with the key to change."""
+    from reformer_lab.lit import resolve_precision
+
+    trainer = cfg.trainer
+    off = "or capture_train_step=false"
+    if trainer.get("accelerator") == "cpu" or not torch.cuda.is_available():
+        raise InvalidRunConfig(f"capture_train_step=true needs a CUDA GPU: trainer=gpu {off}")
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    one = devices == 1 or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+    if not one or nodes != 1:
+        raise InvalidRunConfig(
+            f"capture_train_step=true runs on one GPU (DDP's and FSDP's gradient hooks cannot "
+            f"run inside a CUDA graph); trainer.devices={devices}, trainer.num_nodes={nodes}: "
+            f"set trainer.devices=1 {off}"
+        )
+    if config.dropout > 0:
+        raise InvalidRunConfig(
+            f"capture_train_step=true needs model.dropout=0 (the reversible recompute replays "
+            f"dropout masks from RNG states a CUDA graph cannot read); model.dropout="
+            f"{config.dropout} {off}"
+        )
+    precision = str(resolve_precision(trainer.get("precision")))
+    if not (precision.startswith("bf16") or precision.startswith("32")):
+        raise InvalidRunConfig(
+            f"capture_train_step=true needs trainer.precision=bf16-mixed or 32-true (a loss "
+            f"scaler cannot run inside a CUDA graph); it is {precision} {off}"
+        )
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        raise InvalidRunConfig(
+            f"capture_train_step=true steps the optimizer after every batch: "
+            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} needs "
+            f"trainer.accumulate_grad_batches=1 {off} (or a larger data.batch_size)"
+        )
 
 
 def build_or_explain(node: DictConfig, key: str) -> Any:

@@ -16,6 +16,7 @@ from torch import nn
 
 from reformer_lab.lit.metrics import TokenMetrics
 from reformer_lab.model import ReformerConfig, ReformerLM
+from reformer_lab.model.captured_step import CapturedTrainingStep
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -36,6 +37,12 @@ class ReformerLitModule(pl.LightningModule):
         eval_n_hashes: hash rounds for validation/test; None keeps the model's `n_hashes`.
         run_config: the whole resolved run configuration, stored in checkpoints so that
             evaluation can rebuild the data (a plain dict; this module never reads it).
+        capture_train_step: replay each training step (forward, loss, reversible backward)
+            from a CUDA graph (`CapturedTrainingStep`), recorded at the first batch; batches
+            of another shape run eagerly. One GPU, dropout 0, bf16 or fp32 (no loss scaler).
+            The optimizer is then stepped here (manual optimization), so gradient clipping
+            comes as `gradient_clip_val` / `gradient_clip_algorithm` (Lightning's
+            `clip_gradients`), not as the Trainer's, which does not clip in that mode.
     """
 
     def __init__(
@@ -47,8 +54,16 @@ class ReformerLitModule(pl.LightningModule):
         metric: str = "accuracy",
         eval_n_hashes: int | None = None,
         run_config: Mapping[str, Any] | None = None,
+        capture_train_step: bool = False,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
     ) -> None:
         super().__init__()
+        if gradient_clip_val is not None and not capture_train_step:
+            raise ValueError(
+                "gradient_clip_val is for capture_train_step=True; otherwise the Trainer's "
+                "gradient_clip_val clips"
+            )
         config = model if isinstance(model, ReformerConfig) else ReformerConfig(**model)
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval={scheduler_interval!r} must be 'step' or 'epoch'")
@@ -72,12 +87,19 @@ class ReformerLitModule(pl.LightningModule):
         self.train_metrics = TokenMetrics(metric)
         self.val_metrics = TokenMetrics(metric)
         self.test_metrics = TokenMetrics(metric)
+        self.capture_train_step = capture_train_step
+        self.automatic_optimization = not capture_train_step
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self._captured: CapturedTrainingStep | None = None
 
     # --- steps ----------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, n_hashes: int | None = None) -> torch.Tensor:
         return self.model(tokens, n_hashes=n_hashes)  # (B, L) -> (B, L, vocab)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.capture_train_step:
+            return self._captured_training_step(batch)
         return self._step("train", batch, n_hashes=None)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -89,6 +111,61 @@ class ReformerLitModule(pl.LightningModule):
     def _step(self, stage: str, batch: Batch, n_hashes: int | None) -> torch.Tensor:
         inputs, targets = batch["inputs"], batch["targets"]  # (B, L), (B, L)
         out = self.model.loss(inputs, targets, n_hashes=n_hashes)
+        self._record(stage, out, inputs.shape[0])
+        return out.loss
+
+    def _captured_training_step(self, batch: Batch) -> torch.Tensor:
+        """One optimizer step from the captured graph (or eagerly, for a batch of another
+        shape); see `capture_train_step`."""
+        inputs, targets = batch["inputs"], batch["targets"]  # (B, L), (B, L)
+        if self._captured is None:
+            self._captured = CapturedTrainingStep(
+                self.model, inputs, targets, autocast_dtype=self._autocast_dtype()
+            )
+        step = self._captured
+        if step.takes(inputs, targets):
+            step(inputs, targets)
+            out = step.result  # graph-owned: read (by the metrics) before the next replay
+        else:
+            out = step.eager(inputs, targets)
+        self._record("train", out, inputs.shape[0])
+        optimizer = self.optimizers()
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.gradient_clip_val,
+                gradient_clip_algorithm=self.gradient_clip_algorithm,
+            )
+        optimizer.step()  # no zero_grad: each replay overwrites the gradients
+        if self.scheduler_factory is not None and self.scheduler_interval == "step":
+            self.lr_schedulers().step()
+        return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        stepped_here = self.capture_train_step and self.scheduler_factory is not None
+        if stepped_here and self.scheduler_interval == "epoch":
+            self.lr_schedulers().step()
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """The captured step's autocast dtype, from the Trainer's precision."""
+        precision = str(self.trainer.precision)
+        if precision.startswith("bf16"):
+            return torch.bfloat16
+        if precision in ("32-true", "32", "64-true", "64"):
+            return None
+        raise ValueError(
+            f"capture_train_step needs trainer.precision bf16-mixed or 32-true, not "
+            f"{precision!r} (a loss scaler cannot run inside a CUDA graph)"
+        )
+
+    def on_train_end(self) -> None:
+        if self._captured is not None:  # its memory pool, and the LSH cores back to eager
+            self.model.zero_grad(set_to_none=True)  # the graph's gradient tensors go too
+            self._captured.release()
+            self._captured = None
+
+    def _record(self, stage: str, out, batch_size: int) -> None:
+        """Update the stage's metrics with one batch's `LMLoss` and log them."""
         metrics: TokenMetrics = getattr(self, f"{stage}_metrics")
         metrics.update(out.loss, out.n_tokens, out.n_correct)
         per_step = stage == "train"  # train: every step; val/test: one token-weighted value
@@ -98,10 +175,9 @@ class ReformerLitModule(pl.LightningModule):
                 metric,
                 on_step=per_step,
                 on_epoch=not per_step,
-                batch_size=inputs.shape[0],
+                batch_size=batch_size,
                 prog_bar=name.endswith(("loss", metrics.metric)),
             )
-        return out.loss
 
     # --- optimisation ---------------------------------------------------------------
     def configure_optimizers(self) -> Any:

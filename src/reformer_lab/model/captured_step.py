@@ -28,7 +28,8 @@ from .lm import ReformerLM, check_token_range
 
 class CapturedTrainingStep:
     """`step(inputs, targets)` = `model.loss(inputs, targets).loss.backward()` under autocast,
-    replayed from a CUDA graph; returns the loss (a graph-owned scalar: copy it to keep it).
+    replayed from a CUDA graph; returns the loss (a graph-owned scalar: copy it to keep it;
+    `result` holds the whole `LMLoss`, token and correct counts too).
 
     inputs, targets: (B, N) int64 tokens, the shape every call must have. `warmup_steps`
     eager steps (on a side stream, as CUDA graphs require) compile the kernels and make the
@@ -72,27 +73,46 @@ class CapturedTrainingStep:
         # between the two, the forward's block in the graph's pool is the one the backward's
         # takes, so a replay holds one workspace, not two.
         with torch.cuda.graph(self.graph, stream=side):
-            self.loss = self._forward_backward()
+            self.result = self._forward_backward()  # LMLoss of graph-owned tensors
+        self.loss = self.result.loss
         for core, steps in zip(self.cores, start_steps):  # rewind: warm-ups do not count
             core.set_steps_counted(steps)
 
-    def _forward_backward(self) -> Tensor:
+    def _forward_backward(self, inputs: Tensor | None = None, targets: Tensor | None = None):
         """Forward and loss under autocast, the forward's cuBLAS workspace released, backward;
-        the same in the warm-ups and in the capture. Returns the loss, detached."""
-        device_type = self.inputs.device.type
+        the same in the warm-ups and in the capture (of the static buffers, by default).
+        Returns the `LMLoss`, its loss detached."""
+        inputs = self.inputs if inputs is None else inputs
+        targets = self.targets if targets is None else targets
+        device_type = inputs.device.type
         enabled = self.autocast_dtype is not None
         with torch.autocast(device_type, self.autocast_dtype, enabled=enabled, cache_enabled=False):
-            loss = self.model.loss(self.inputs, self.targets).loss
+            out = self.model.loss(inputs, targets)
         _release_cublas_workspaces()
-        loss.backward()
-        return loss.detach()
+        out.loss.backward()
+        return out._replace(loss=out.loss.detach())
+
+    def takes(self, inputs: Tensor, targets: Tensor) -> bool:
+        """Whether inputs and targets have the captured shape (else see `eager`)."""
+        return inputs.shape == self.inputs.shape and targets.shape == self.targets.shape
+
+    def eager(self, inputs: Tensor, targets: Tensor):
+        """The same step run eagerly, for inputs of another shape (say, an epoch's shorter
+        last batch): the step counted and its rotations drawn as a replay would, the
+        gradients written into the graph's `.grad` tensors (zeroed first), which the next
+        replay overwrites again. Returns the `LMLoss`, its loss detached."""
+        check_token_range(inputs, self.model.cfg.vocab_size)
+        self.model.zero_grad(set_to_none=False)
+        self._next_rotations()
+        return self._forward_backward(inputs, targets)
 
     def _next_rotations(self) -> None:
         for core in self.cores:
             core.next_staged_step()
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        if inputs.shape != self.inputs.shape or targets.shape != self.targets.shape:
+        """One replay; returns the loss (`self.result` holds the whole graph-owned LMLoss)."""
+        if not self.takes(inputs, targets):
             raise ValueError(
                 f"a captured step takes inputs and targets of shape {tuple(self.inputs.shape)}; "
                 f"got {tuple(inputs.shape)} and {tuple(targets.shape)}"
