@@ -61,7 +61,7 @@ def fit(captured: bool) -> tuple[ReformerLitModule, list[float], float]:
     torch.manual_seed(0)
     module = ReformerLitModule(
         MODEL,
-        optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
+        optimizer=functools.partial(torch.optim.SGD, lr=1.0),  # linear in the gradients
         scheduler=functools.partial(
             torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda s: 1 / (1 + s)
         ),
@@ -95,10 +95,14 @@ def test_captured_training_equals_eager_training(monkeypatch):
         for module in (eager, captured)
     ]
     assert cores[0] == cores[1] == [7, 7]  # every step hashed with its own rotations
-    for (name, a), b in zip(eager.named_parameters(), captured.parameters()):
-        torch.testing.assert_close(b, a, rtol=0, atol=2e-3, msg=name)
-    moved = max((a - b).abs().max() for a, b in zip(eager.parameters(), initial_weights()))
-    assert moved > 1e-2  # the weights did train, so equal weights say something
+    start = initial_weights()
+    trained = torch.cat([(a.detach() - s).flatten() for a, s in zip(eager.parameters(), start)])
+    apart = torch.cat(
+        [(b - a).detach().flatten() for a, b in zip(eager.parameters(), captured.parameters())]
+    )
+    assert trained.norm() > 1e-3  # the weights did move
+    # bf16 rounding apart, the same updates (the same clipped gradients, stepped alike)
+    assert apart.norm() < 0.02 * trained.norm(), (apart.norm(), trained.norm())
 
 
 def initial_weights() -> list[torch.Tensor]:
