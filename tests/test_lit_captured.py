@@ -57,7 +57,7 @@ def batches() -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def fit(captured: bool) -> tuple[ReformerLitModule, list[float], float]:
+def fit(captured: bool) -> tuple[ReformerLitModule, list[float], float, list[float]]:
     torch.manual_seed(0)
     module = ReformerLitModule(
         MODEL,
@@ -68,23 +68,37 @@ def fit(captured: bool) -> tuple[ReformerLitModule, list[float], float]:
         capture_train_step=captured,
         gradient_clip_val=CLIP if captured else None,
     )
-    losses = Losses()
+    losses, validations = Losses(), Validations()
     trainer = pl.Trainer(
         accelerator="gpu", devices=1, precision="bf16-mixed", max_epochs=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[losses], gradient_clip_val=None if captured else CLIP,
+        callbacks=[losses, validations], gradient_clip_val=None if captured else CLIP,
+        val_check_interval=3, num_sanity_val_steps=0,
     )  # fmt: skip
-    trainer.fit(module, DataLoader(batches(), batch_size=None))
+    held_out = batches()[:2]  # validated between the captured steps too
+    trainer.fit(
+        module, DataLoader(batches(), batch_size=None), DataLoader(held_out, batch_size=None)
+    )
     assert trainer.global_step == len(batches())
     lr = trainer.optimizers[0].param_groups[0]["lr"]
-    return module, losses.losses, lr
+    return module, losses.losses, lr, validations.losses
+
+
+class Validations(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.losses.append(float(trainer.callback_metrics["val/loss"]))
 
 
 def test_captured_training_equals_eager_training(monkeypatch):
     monkeypatch.setattr(lit_module, "CapturedTrainingStep", CountingStep)
     CountingStep.replays = CountingStep.eager_steps = 0
-    eager, eager_losses, eager_lr = fit(captured=False)
-    captured, captured_losses, captured_lr = fit(captured=True)
+    eager, eager_losses, eager_lr, eager_val = fit(captured=False)
+    captured, captured_losses, captured_lr, captured_val = fit(captured=True)
+    assert len(eager_val) >= 2 and len(captured_val) == len(eager_val)  # after steps 3, 6
+    torch.testing.assert_close(captured_val, eager_val, rtol=2e-2, atol=0)
     assert (CountingStep.replays, CountingStep.eager_steps) == (6, 1)
     assert captured._captured is None  # released at the end of training
     torch.testing.assert_close(captured_losses[0], eager_losses[0], rtol=1e-3, atol=0)
