@@ -141,6 +141,12 @@ class ReformerLitModule(pl.LightningModule):
             self.lr_schedulers().step()
         return out.loss
 
+    def on_validation_model_zero_grad(self) -> None:
+        """Lightning frees the gradients before validating; with a captured step they are
+        the graph's own tensors, which stay allocated anyway, so they are left in place."""
+        if not self.capture_train_step:
+            super().on_validation_model_zero_grad()
+
     def on_train_epoch_end(self) -> None:
         stepped_here = self.capture_train_step and self.scheduler_factory is not None
         if stepped_here and self.scheduler_interval == "epoch":

@@ -11,7 +11,8 @@ What changes for the caller:
   and draws its rotations outside the graph, exactly as the eager step would, so a captured
   run hashes identically to an eager one (same `hash_step`, same buckets);
 - the parameters' `.grad` tensors belong to the graph and each replay overwrites them (no
-  accumulation): zero them with `set_to_none=False` or not at all, never set them to None;
+  accumulation); where something sets them to None between calls (Lightning does before
+  every validation, `on_validation_model_zero_grad`), the next call puts the graph's back;
 - the graph's memory pool stays reserved while the step object lives.
 Dropout is refused: the reversible recompute replays its masks from saved RNG states, which
 a graph cannot read.
@@ -75,6 +76,7 @@ class CapturedTrainingStep:
         with torch.cuda.graph(self.graph, stream=side):
             self.result = self._forward_backward()  # LMLoss of graph-owned tensors
         self.loss = self.result.loss
+        self.grads = [(p, p.grad) for p in model.parameters() if p.grad is not None]
         for core, steps in zip(self.cores, start_steps):  # rewind: warm-ups do not count
             core.set_steps_counted(steps)
 
@@ -102,9 +104,17 @@ class CapturedTrainingStep:
         gradients written into the graph's `.grad` tensors (zeroed first), which the next
         replay overwrites again. Returns the `LMLoss`, its loss detached."""
         check_token_range(inputs, self.model.cfg.vocab_size)
+        self._attach_grads()
         self.model.zero_grad(set_to_none=False)
         self._next_rotations()
         return self._forward_backward(inputs, targets)
+
+    def _attach_grads(self) -> None:
+        """Make each parameter's `.grad` the tensor the graph writes again, should something
+        have replaced it or set it to None since (a replay writes only into its own)."""
+        for param, grad in self.grads:
+            if param.grad is not grad:
+                param.grad = grad
 
     def _next_rotations(self) -> None:
         for core in self.cores:
@@ -118,6 +128,7 @@ class CapturedTrainingStep:
                 f"got {tuple(inputs.shape)} and {tuple(targets.shape)}"
             )
         check_token_range(inputs, self.model.cfg.vocab_size)  # the graph cannot (a sync)
+        self._attach_grads()
         self.inputs.copy_(inputs)
         self.targets.copy_(targets)
         self._next_rotations()
