@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from reformer_lab.lit.metrics import TokenMetrics
-from reformer_lab.model import ReformerConfig, ReformerLM
+from reformer_lab.model import LMLoss, ReformerConfig, ReformerLM
 from reformer_lab.model.captured_step import CapturedTrainingStep
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -170,7 +170,7 @@ class ReformerLitModule(pl.LightningModule):
             self._captured.release()
             self._captured = None
 
-    def _record(self, stage: str, out, batch_size: int) -> None:
+    def _record(self, stage: str, out: LMLoss, batch_size: int) -> None:
         """Update the stage's metrics with one batch's `LMLoss` and log them."""
         metrics: TokenMetrics = getattr(self, f"{stage}_metrics")
         metrics.update(out.loss, out.n_tokens, out.n_correct)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .attention.lsh import LSHAttentionCore
-from .lm import ReformerLM, check_token_range
+from .lm import LMLoss, ReformerLM, check_token_range
 
 
 class CapturedTrainingStep:
@@ -80,7 +80,9 @@ class CapturedTrainingStep:
         for core, steps in zip(self.cores, start_steps):  # rewind: warm-ups do not count
             core.set_steps_counted(steps)
 
-    def _forward_backward(self, inputs: Tensor | None = None, targets: Tensor | None = None):
+    def _forward_backward(
+        self, inputs: Tensor | None = None, targets: Tensor | None = None
+    ) -> LMLoss:
         """Forward and loss under autocast, the forward's cuBLAS workspace released, backward;
         the same in the warm-ups and in the capture (of the static buffers, by default).
         Returns the `LMLoss`, its loss detached."""
@@ -98,7 +100,7 @@ class CapturedTrainingStep:
         """Whether inputs and targets have the captured shape (else see `eager`)."""
         return inputs.shape == self.inputs.shape and targets.shape == self.targets.shape
 
-    def eager(self, inputs: Tensor, targets: Tensor):
+    def eager(self, inputs: Tensor, targets: Tensor) -> LMLoss:
         """The same step run eagerly, for inputs of another shape (say, an epoch's shorter
         last batch): the step counted and its rotations drawn as a replay would, the
         gradients written into the graph's `.grad` tensors (zeroed first), which the next
