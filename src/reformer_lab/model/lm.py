@@ -188,12 +188,8 @@ class AttentionBranch(nn.Module):
         """y += sign * (O W^T + b) in place, in the projection chunks (the forward adds, the
         recomputation subtracts the very same values)."""
         w, b = self.attention.to_out.weight, self.attention.to_out.bias
-        fused = stream_add.fused_usable(y, self.backend)
-        for s in self.projection_chunks(y):
-            if fused:  # the bias added with the product, in one pass over the stream
-                stream_add.add_update(y[:, s], F.linear(heads_out[:, s], w), b, sign, self.backend)
-            else:
-                y[:, s].add_(F.linear(heads_out[:, s], w, b), alpha=sign)  # (B, l, dim)
+        for s in self.projection_chunks(y):  # the bias added with the product, in one pass
+            stream_add.add_update(y[:, s], F.linear(heads_out[:, s], w), b, sign, self.backend)
 
     def forward(self, x: Tensor, key_valid: Tensor | None, *, n_hashes=None, plan=None) -> Tensor:
         out = None
@@ -326,22 +322,22 @@ class FeedForwardBranch(nn.Module):
         h = layer_norm_to(x, self.norm, matmul_dtype(x), grad_into, self.backend)  # (B, L, dim)
         return self.dropout(self.ff(h))
 
-    def updates_unbiased(self, y: Tensor) -> bool:
-        """Whether the reversible passes update the stream y with `unbiased` and
-        `stream_add.add_update` (no active dropout, which covers the bias too, and y an fp32
-        stream the fused update takes) rather than with G(x) itself."""
-        drops = isinstance(self.dropout, nn.Dropout) and self.training
-        return not drops and stream_add.fused_usable(y, self.backend)
+    @property
+    def drops(self) -> bool:
+        """Whether the branch's dropout is active (its mask then covers the bias too, so the
+        reversible passes update the stream with G(x) itself, not with `unbiased` and
+        `stream_add.add_update`)."""
+        return isinstance(self.dropout, nn.Dropout) and self.training
 
     def unbiased(self, x: Tensor, grad_into: Tensor | None = None) -> Tensor:
         """G(x) without the last matmul's bias (`ff.net[-1].bias`), in the matmuls' dtype,
-        for `updates_unbiased`: (B, L, dim)."""
+        for the stream updates without an active dropout: (B, L, dim)."""
         h = layer_norm_to(x, self.norm, matmul_dtype(x), grad_into, self.backend)  # (B, L, dim)
         return F.linear(self.ff.hidden(h), self.ff.net[-1].weight)
 
     def add_into(self, y: Tensor, x: Tensor) -> None:
         """y += G(x) IN PLACE, without a graph (the reversible forward): y, x (B, l, dim)."""
-        if self.updates_unbiased(y):
+        if not self.drops:
             stream_add.add_update(y, self.unbiased(x), self.ff.net[-1].bias, 1, self.backend)
         else:
             y += self(x)
@@ -354,7 +350,7 @@ class FeedForwardBranch(nn.Module):
         `self.parameters()` order. x, grad, y, dx: (B, l, dim), a sequence chunk."""
         params = list(self.parameters())
         x = x.detach().requires_grad_()
-        unbiased = self.updates_unbiased(y)
+        unbiased = not self.drops
         with torch.enable_grad():  # x's gradient goes straight into dx (layer_norm_to)
             out = self.unbiased(x, grad_into=dx) if unbiased else self(x, grad_into=dx)
         low = grad.to(out.dtype)  # (B, l, dim), as autograd would cast it
