@@ -82,21 +82,56 @@ class SelfAttention(nn.Module):
         heads = heads if heads is not None else slice(0, self.heads)
         if self.keys_in_core:  # q and v: column blocks of one matmul's output
             w_q, w_v = self.head_rows(self.to_q, heads), self.head_rows(self.to_v, heads)
-            q, v = (self.split_heads(t) for t in joint_projection(x, w_q, w_v))  # (B, h, L, d)
+            q, v = joint_projection(x, w_q, w_v)  # (B, L, h*d) each
             k = None
         else:
-            q = self.split_heads(F.linear(x, self.head_rows(self.to_q, heads)))  # (B, h, L, d)
-            if self.to_k is None:
-                k = normalize_keys(q)
-            else:
-                k = self.split_heads(F.linear(x, self.head_rows(self.to_k, heads)))
-            v = self.split_heads(F.linear(x, self.head_rows(self.to_v, heads)))  # (B, h, L, d)
+            q = F.linear(x, self.head_rows(self.to_q, heads))  # (B, L, h*d)
+            k = None if self.to_k is None else F.linear(x, self.head_rows(self.to_k, heads))
+            v = F.linear(x, self.head_rows(self.to_v, heads))
+        return self.attend_heads(
+            q, k, v, key_valid, n_hashes=n_hashes, plan=plan, heads=heads, into=into
+        )
+
+    def attend_heads(
+        self,
+        q: Tensor,
+        k: Tensor | None,
+        v: Tensor,
+        key_valid: Tensor | None = None,
+        *,
+        n_hashes: int | None = None,
+        plan: dict | None = None,
+        heads: slice | None = None,
+        into: Tensor | None = None,
+    ) -> Tensor:
+        """The core on projected heads: (B, L, h*d) queries, keys (None: shared QK, the
+        queries normalised) and values of heads `heads` -> (B, L, h*d) (`into` as in
+        `heads_output`)."""
+        heads = heads if heads is not None else slice(0, self.heads)
+        q, v = self.split_heads(q), self.split_heads(v)  # (B, h, L, d)
+        if k is not None:
+            k = self.split_heads(k)
+        elif not self.keys_in_core:
+            k = normalize_keys(q)
         options = dict(n_hashes=n_hashes, plan=plan, heads=heads)
         if into is not None and self.kind == "lsh":
             options["into"] = self.split_heads(into)  # (B, h, L, d) view
         out = self.core(q, k, v, key_valid, **options)
         B, h, L, d = out.shape
         return out.transpose(1, 2).reshape(B, L, h * d)  # (B, L, h*d)
+
+    def projection_weights(self) -> list[Tensor]:
+        """The weights of q, k (separate keys only) and v, in that order: (h*d, dim) each."""
+        keys = [] if self.to_k is None else [self.to_k.weight]
+        return [self.to_q.weight, *keys, self.to_v.weight]
+
+    def projected_columns(self, qkv: Tensor, heads: slice) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Heads `heads`' queries, keys (None with shared QK) and values as column views of
+        qkv (B, L, n * heads*d), the output of the `projection_weights` concatenated."""
+        inner, d = self.heads * self.head_dim, self.head_dim
+        a, b = heads.start * d, heads.stop * d
+        parts = [qkv[..., i * inner + a : i * inner + b] for i in range(qkv.shape[-1] // inner)]
+        return parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
 
     def out_projection(self, heads: slice) -> tuple[Tensor, Tensor | None]:
         """The output projection's columns for heads `heads` (dim, h*d), and its bias for the
