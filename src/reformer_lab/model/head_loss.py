@@ -29,10 +29,11 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         total = y1.new_zeros((), dtype=torch.promote_types(y1.dtype, torch.float32))
         correct = torch.zeros((), dtype=torch.long, device=y1.device)
         for s in _chunks(n, chunk):
-            logits = _logits(y1[:, s], y2[:, s], norm, head, backend)  # (B, c, vocab)
-            t = targets[:, s]
-            total += summed_cross_entropy(logits.flatten(0, 1), t.reshape(-1), ignore_index)
-            correct += ((logits.argmax(-1) == t) & (t != ignore_index)).sum()
+            part, hits = chunk_loss(
+                y1[:, s], y2[:, s], targets[:, s], norm, head, backend, ignore_index
+            )
+            total += part
+            correct += hits
         ctx.save_for_backward(y1, y2, targets)
         ctx.options = (n, chunk, ignore_index, norm, head, backend)
         ctx.mark_non_differentiable(correct)
@@ -45,18 +46,13 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         params = [*norm.parameters(), *head.parameters()]
         dy1, dy2 = torch.zeros_like(y1), torch.zeros_like(y2)  # (B, L, dim): padding gets 0
         param_grads: list[Tensor | None] = [None] * len(params)
-        enabled, dtype = ctx.autocast
         for s in _chunks(n, chunk):
-            with torch.enable_grad(), torch.autocast(y1.device.type, dtype=dtype, enabled=enabled):
-                logits = _logits(
-                    y1[:, s], y2[:, s], norm, head, backend, grad_into=(dy1[:, s], dy2[:, s])
-                )
-                t = targets[:, s].reshape(-1)
-                # the logits feed only this loss: their gradient takes their memory
-                loss = summed_cross_entropy(logits.flatten(0, 1), t, ignore_index, True)
-            grads = torch.autograd.grad(loss, params, grad_total)
+            grads = chunk_loss_backward(
+                y1[:, s], y2[:, s], targets[:, s], grad_total, (dy1[:, s], dy2[:, s]),
+                norm, head, backend, ignore_index, autocast=ctx.autocast,
+            )  # fmt: skip
             param_grads = [g if a is None else a + g for a, g in zip(param_grads, grads)]
-            del logits, loss, grads
+            del grads
         return dy1, dy2, None, None, None, None, None, None, None, *param_grads
 
 
@@ -68,6 +64,41 @@ def _logits(y1, y2, norm, head, backend, grad_into=None) -> Tensor:
     """head(LayerNorm([y1; y2])) for 2 x (B, c, dim), in the head's dtype under autocast."""
     h = layer_norm_to((y1, y2), norm, matmul_dtype(y1), grad_into=grad_into, backend=backend)
     return head(h)  # (B, c, vocab)
+
+
+def chunk_loss(
+    y1: Tensor, y2: Tensor, t: Tensor, norm, head, backend: str, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """(summed cross-entropy fp32, correct argmax predictions int64) of targets t (B, c)
+    against head(norm([y1; y2])) for one chunk of the streams 2 x (B, c, dim); no graph."""
+    logits = _logits(y1, y2, norm, head, backend)  # (B, c, vocab)
+    total = summed_cross_entropy(logits.flatten(0, 1), t.reshape(-1), ignore_index)
+    return total, ((logits.argmax(-1) == t) & (t != ignore_index)).sum()
+
+
+def chunk_loss_backward(
+    y1: Tensor,
+    y2: Tensor,
+    t: Tensor,
+    grad_total: Tensor,
+    grad_into: tuple[Tensor, Tensor],
+    norm,
+    head,
+    backend: str,
+    ignore_index: int,
+    *,
+    autocast: tuple[bool, torch.dtype],
+) -> list[Tensor]:
+    """`chunk_loss` recomputed and differentiated against grad_total: the streams' gradients
+    are ADDED into grad_into (two (B, c, dim) buffers), the norm's and head's parameter
+    gradients returned in that order. autocast: (enabled, dtype) of the forward pass."""
+    params = [*norm.parameters(), *head.parameters()]
+    enabled, dtype = autocast
+    with torch.enable_grad(), torch.autocast(y1.device.type, dtype=dtype, enabled=enabled):
+        logits = _logits(y1, y2, norm, head, backend, grad_into=grad_into)  # (B, c, vocab)
+        # the logits feed only this loss: their gradient takes their memory
+        loss = summed_cross_entropy(logits.flatten(0, 1), t.reshape(-1), ignore_index, True)
+    return list(torch.autograd.grad(loss, params, grad_total))
 
 
 def chunked_head_loss(
