@@ -361,6 +361,38 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
 
 
 @in_process
+def test_offloaded_streams_with_fused_kernels_equal_the_streams_on_the_device(monkeypatch):
+    """offload_streams with every fused kernel (rounds, LayerNorm, hashing, stream updates,
+    bias + GELU): the same loss and gradients as the streams on the device with them."""
+    from reformer_lab.model import (
+        ReformerConfig,
+        ReformerLM,
+        bias_gelu,
+        layer_norm,
+        stream_add,
+    )
+    from reformer_lab.model.attention import hashing
+
+    for module in (lsh_rounds, layer_norm, hashing, stream_add, bias_gelu):
+        monkeypatch.setattr(module, "FUSED_ON_CPU_UNDER_INTERPRETER", True)
+    tokens = torch.randint(0, 32, (1, 129), device=DEVICE)
+    results = {}
+    for offload in (False, True):
+        torch.manual_seed(0)
+        cfg = ReformerConfig(
+            vocab_size=32, dim=32, depth=2, heads=2, max_seq_len=128, bucket_size=16,
+            n_hashes=2, dropout=0.0, backend="triton", ff_chunks=4, offload_streams=offload,
+        )  # fmt: skip
+        model = ReformerLM(cfg).to(DEVICE)
+        loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
+        loss.backward()
+        results[offload] = [loss.detach(), *(p.grad for p in model.parameters())]
+    names = ["loss", *(n for n, _ in model.named_parameters())]
+    for name, a, b in zip(names, results[True], results[False]):
+        assert _relative_error(a, b) < 1e-5, name
+
+
+@in_process
 def test_fused_path_only_where_it_applies(monkeypatch):
     monkeypatch.setattr(lsh_rounds, "FUSED_ON_CPU_UNDER_INTERPRETER", not ON_GPU)
     rounds = _rounds(1, 2, 32, 16, 2, causal=True, valid_frac=None, use_buckets=False)

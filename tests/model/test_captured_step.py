@@ -97,11 +97,13 @@ def test_bad_input_fails_before_any_step(case, match):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_captured_step_equals_eager_steps(backend):
+@pytest.mark.parametrize("backend, offload", [("torch", False), ("auto", False), ("auto", True)])
+def test_captured_step_equals_eager_steps(backend, offload):
+    """offload: the streams in host memory, so the graph replays copies to and from it."""
     torch.manual_seed(0)
     eager = ReformerLM(config(backend=backend, bucket_size=64 if backend == "auto" else 16,
-                              max_seq_len=1024)).cuda()  # fmt: skip
+                              max_seq_len=1024, offload_streams=offload,
+                              ff_chunks=4 if offload else 1)).cuda()  # fmt: skip
     captured = copy.deepcopy(eager)
     tokens, targets = torch.randint(0, 19, (2, 1, 1024), device="cuda").unbind(0)
     step = CapturedTrainingStep(captured, tokens, targets)

@@ -65,6 +65,13 @@ class ReformerConfig:
     bf16), or 3 streams' worth of elements up to 3 x 2^27 where that is more (`lm.AUTO_GROUP_*`),
     at the input's size: at d 512 one group up to 64K tokens, two at 128K and 256K, one head at a time
     from 1M (more groups mean more, smaller kernels and less memory)."""
+    offload_streams: bool = False
+    """`ReformerLM.loss` keeps the reversible layers' four (B, L, dim) residual-stream buffers
+    (two streams and their gradients) in host memory, page-locked on CUDA, and moves them to
+    the device one FF chunk (`ff_chunks`) at a time (`streamed.py`): device memory then grows
+    with the attention's bf16 activations only (q, k, v, their output and its gradient), at
+    the price of ~4 chunk copies each way per layer and pass over the host link. Needs
+    reversible=True and dropout=0. "auto" head groups are then one head at a time."""
     loss_chunk_size: int | None = None
     """Positions per chunk in `ReformerLM.loss`: the (seq, vocab) logits never exist at once.
     None: as many as keep a chunk's logits at 2^22 numbers (16384 positions for bytes; on an
@@ -193,6 +200,16 @@ class ReformerConfig:
                 f"n_buckets={self.n_buckets} must be an even number >= 2 (h(x) = argmax[xR; -xR])",
             )
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(
+            not self.offload_streams or self.reversible,
+            "offload_streams=True keeps the reversible layers' streams in host memory: it needs "
+            "reversible=True",
+        )
+        need(
+            not self.offload_streams or self.dropout == 0,
+            f"offload_streams=True does not replay dropout masks: set dropout=0 (got "
+            f"{self.dropout}) or offload_streams=False",
+        )
         need(
             self.backend in BACKENDS, f"backend {self.backend!r} is unknown; choose from {BACKENDS}"
         )

@@ -25,10 +25,12 @@ from .attention import SelfAttention
 from .config import ReformerConfig
 from .feedforward import FeedForward, dropout_layer, sequence_chunks
 from .head_loss import chunked_head_loss
+from .host_streams import HostStreams
 from .layer_norm import layer_norm_to, matmul_dtype
 from .matmul_bias_grad import column_sums
 from .positional import AxialPositionalEmbedding
 from .reversible import ReversibleLayer, RngState, add_grads, replaying, run_layers
+from .streamed import streamed_loss
 
 
 class LMLoss(NamedTuple):
@@ -382,6 +384,8 @@ class ReformerLM(nn.Module):
         )
         self.norm = nn.LayerNorm(2 * cfg.dim)
         self.head = nn.Linear(2 * cfg.dim, cfg.vocab_size)
+        # The residual streams' host buffers of `loss` with cfg.offload_streams (streamed.py).
+        self.host_streams = HostStreams()
 
     # --- input checks ---------------------------------------------------------------
     def _check(self, tokens: Tensor, key_padding_mask: Tensor | None, n_hashes: int | None) -> None:
@@ -431,24 +435,48 @@ class ReformerLM(nn.Module):
         """The streams at every position the layers ran on: (B, N) -> 2 x (B, L, dim), L the
         padded length. grads_owned: see `run_layers`; only for callers whose use of the
         streams is private."""
-        self._check(tokens, key_padding_mask, n_hashes)
+        x, key_valid = self._embedded(tokens, key_padding_mask, n_hashes)
+        return run_layers(self.layers, x, x, key_valid, n_hashes, self.cfg.reversible, grads_owned)
+
+    def _embedded(
+        self, tokens: Tensor, key_padding_mask: Tensor | None, n_hashes: int | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The checked input embedded and padded: (B, N) -> x (B, L, d) and the keys' validity
+        (B, L) (None when every key is real), L the padded length."""
+        L, key_valid = self._padding(tokens, key_padding_mask, n_hashes)
         N = tokens.shape[1]
         x = self.token_emb(tokens) + self.pos_emb(N, tokens.device)  # (B, N, d)
         x = self.emb_dropout(x)
-
-        multiple = self.cfg.pad_multiple
-        L = -(-N // multiple) * multiple
-        key_valid = key_padding_mask
         if L != N:
             x = F.pad(x, (0, 0, 0, L - N))  # (B, L, d), zeros at padded positions
-            real = (
-                key_padding_mask
-                if key_padding_mask is not None
-                else torch.ones_like(tokens, dtype=torch.bool)
-            )
-            key_valid = F.pad(real, (0, L - N), value=False)  # (B, L)
+        return x, key_valid
 
-        return run_layers(self.layers, x, x, key_valid, n_hashes, self.cfg.reversible, grads_owned)
+    def _padding(
+        self, tokens: Tensor, key_padding_mask: Tensor | None, n_hashes: int | None
+    ) -> tuple[int, Tensor | None]:
+        """Check the input; (padded length L, the keys' validity (B, L) or None when every key
+        is real)."""
+        self._check(tokens, key_padding_mask, n_hashes)
+        N = tokens.shape[1]
+        multiple = self.cfg.pad_multiple
+        L = -(-N // multiple) * multiple
+        if L == N:
+            return L, key_padding_mask
+        real = (
+            key_padding_mask
+            if key_padding_mask is not None
+            else torch.ones_like(tokens, dtype=torch.bool)
+        )
+        return L, F.pad(real, (0, L - N), value=False)  # (B, L)
+
+    def embed_chunk(self, tokens: Tensor, s: slice) -> Tensor:
+        """The embedding at positions s of the padded input, without dropout: (B, N) tokens ->
+        (B, s.stop - s.start, d), zero at positions >= N (the padding)."""
+        N = tokens.shape[1]
+        real = slice(min(s.start, N), min(s.stop, N))
+        positions = torch.arange(real.start, real.stop, device=tokens.device)
+        x = self.token_emb(tokens[:, real]) + self.pos_emb.at(positions)  # (B, l', d)
+        return F.pad(x, (0, 0, 0, (s.stop - s.start) - (real.stop - real.start)))
 
     def features(self, y1: Tensor, y2: Tensor) -> Tensor:
         """h = LayerNorm([Y1; Y2]): 2 x (B, n, dim) -> (B, n, 2 * dim)."""
@@ -495,12 +523,18 @@ class ReformerLM(nn.Module):
             raise ValueError(
                 f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
             )
-        # The streams feed only the chunk losses below: their gradients are ours to overwrite.
-        y1, y2 = self._padded_streams(tokens, key_padding_mask, n_hashes, grads_owned=True)
-        total, n_correct = chunked_head_loss(
-            y1, y2, targets, tokens.shape[1], norm=self.norm, head=self.head,
-            chunk=self.cfg.loss_chunk, ignore_index=ignore_index, backend=self.cfg.backend,
-        )  # fmt: skip
+        if self.cfg.offload_streams:  # the streams in host memory, a chunk at a time on the device
+            L, key_valid = self._padding(tokens, key_padding_mask, n_hashes)
+            total, n_correct = streamed_loss(
+                self, tokens, L, key_valid, targets, n_hashes, ignore_index
+            )
+        else:
+            # The streams feed only the chunk losses below: their gradients are ours to overwrite.
+            y1, y2 = self._padded_streams(tokens, key_padding_mask, n_hashes, grads_owned=True)
+            total, n_correct = chunked_head_loss(
+                y1, y2, targets, tokens.shape[1], norm=self.norm, head=self.head,
+                chunk=self.cfg.loss_chunk, ignore_index=ignore_index, backend=self.cfg.backend,
+            )  # fmt: skip
         n_tokens = (targets != ignore_index).sum()
         return LMLoss(total / n_tokens.clamp(min=1), n_tokens, n_correct)
 

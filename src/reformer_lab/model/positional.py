@@ -38,7 +38,10 @@ class AxialPositionalEmbedding(nn.Module):
                 f"sequence length {n} exceeds the {self.max_positions} positions of "
                 f"axial_shape={self.axial_shape}: enlarge axial_shape"
             )
-        positions = torch.arange(n, device=device or self.tables[0].device)  # (n,)
+        return self.at(torch.arange(n, device=device or self.tables[0].device))
+
+    def at(self, positions: Tensor) -> Tensor:
+        """(n,) int64 positions, each below `max_positions` -> (n, dim) embeddings."""
         parts = [
             table[(positions // stride) % size]  # (n, d_i)
             for table, stride, size in zip(self.tables, self.strides, self.axial_shape)
