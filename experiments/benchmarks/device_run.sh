@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
 BUDGET_S="${1:-${BUDGET_S:-480}}"
-IMPLS="${IMPLS:-reformer-lab reformer-lab-graph full-ckpt full hf lucidrains}"
+IMPLS="${IMPLS:-reformer-lab reformer-lab-graph reformer-lab-offload full-ckpt full hf lucidrains}"
 CONFIGS="${CONFIGS:-base tiny}"
 SEQS="${SEQS:-4096 16384 65536 262144 1048576}"
 RUN_TIMEOUT_S="${RUN_TIMEOUT_S:-60}"

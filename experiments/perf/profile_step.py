@@ -34,8 +34,10 @@ def build(
     ff_chunks: int,
     attn_chunks: int | str,
     loss_chunk: int | None,
+    offload: bool = False,
 ) -> ReformerLM:
     cfg = ReformerConfig(
+        offload_streams=offload,
         vocab_size=256,
         max_seq_len=seq,
         axial_shape=axial(seq),
@@ -59,8 +61,9 @@ def profile(
     attn_chunks: int | str,
     loss_chunk: int | None = None,
     graph: bool = False,
+    offload: bool = False,
 ) -> dict:
-    model = build(config, seq, backend, ff_chunks, attn_chunks, loss_chunk)
+    model = build(config, seq, backend, ff_chunks, attn_chunks, loss_chunk, offload)
     tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     if graph:  # a replay has no forward of its own to time
@@ -73,7 +76,9 @@ def profile(
     return dict(
         config=config,
         seq=seq,
-        backend=f"{backend}/a{attn_chunks}" + ("/graph" if graph else ""),
+        backend=f"{backend}/a{attn_chunks}"
+        + ("/graph" if graph else "")
+        + ("/offload" if offload else ""),
         **forward,
         peak_gb=round(step_peak, 3),
         step_ms=round(med, 2),
@@ -150,6 +155,11 @@ def main() -> None:
         "--graph", action="store_true", help="time the step captured as a CUDA graph instead"
     )
     parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="offload_streams=True: the residual streams in host memory (streamed.py)",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="also print the top CUDA kernels of one step (torch.profiler)",
@@ -174,6 +184,7 @@ def main() -> None:
                         attn_chunks,
                         args.loss_chunk,
                         graph=args.graph,
+                        offload=args.offload,
                     )
                     print(
                         f"{config:7s} {seq:<8d} {r['backend']:10s} {r['fwd_peak_gb']:<12} "
@@ -188,7 +199,7 @@ def main() -> None:
                         flush=True,
                     )
                 if args.trace:
-                    trace(config, seq, backend, args.ff_chunks, attn_chunks)
+                    trace(config, seq, backend, args.ff_chunks, attn_chunks, args.offload)
                 torch.cuda.empty_cache()
 
 
@@ -220,14 +231,21 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
-def trace(config: str, seq: int, backend: str, ff_chunks: int, attn_chunks: int | str) -> None:
+def trace(
+    config: str,
+    seq: int,
+    backend: str,
+    ff_chunks: int,
+    attn_chunks: int | str,
+    offload: bool = False,
+) -> None:
     """One training step under torch.profiler: the kernels summed by kind (count, GPU ms),
     their total against the step's wall time (the GPU's idle share), and the 25 kernels that
     take the most time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    model = build(config, seq, backend, ff_chunks, attn_chunks, None)
+    model = build(config, seq, backend, ff_chunks, attn_chunks, None, offload)
     tokens = torch.randint(0, 256, (1, seq + 1), device="cuda")
     for _ in range(2):
         with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -11,6 +11,7 @@ import importlib.util
 REQUIRED_MODULE: dict[str, str | None] = {
     "reformer-lab": "reformer_lab.model",
     "reformer-lab-graph": "reformer_lab.model",
+    "reformer-lab-offload": "reformer_lab.model",
     "hf": "transformers",
     "lucidrains": "reformer_pytorch",
     "full": None,
@@ -21,6 +22,7 @@ REQUIRED_MODULE: dict[str, str | None] = {
 INSTALL_HINT = {
     "reformer-lab": "pip install -e . (from the repository root)",
     "reformer-lab-graph": "pip install -e . (from the repository root)",
+    "reformer-lab-offload": "pip install -e . (from the repository root)",
     "hf": "pip install 'reformer-lab[bench]'",
     "lucidrains": "pip install 'reformer-lab[bench]'",
 }

@@ -23,6 +23,7 @@ LossFn = Callable[[Tensor], Tensor]
 
 
 REFORMER_LAB_KNOBS = (
+    "offload_streams",
     "ff_chunks",
     "attn_chunks",
     "axial_shape",
@@ -73,7 +74,9 @@ def package_version(distribution: str) -> str:
         return "unknown"
 
 
-def build_reformer_lab(size: ModelSize, seq: int, ff_chunks: int | None = None) -> Built:
+def build_reformer_lab(
+    size: ModelSize, seq: int, ff_chunks: int | None = None, offload_streams: bool = False
+) -> Built:
     import reformer_lab
     from reformer_lab.model import ReformerConfig, ReformerLM
 
@@ -82,7 +85,7 @@ def build_reformer_lab(size: ModelSize, seq: int, ff_chunks: int | None = None) 
         ff_mult=size.ff_mult, max_seq_len=seq, bucket_size=size.bucket_size,
         n_hashes=size.n_hashes, causal=True, attention="lsh", reversible=True,
         ff_chunks=ff_chunks or reformer_lab_ff_chunks(size, seq), axial_shape=axial_factors(seq),
-        dropout=0.0,
+        dropout=0.0, offload_streams=offload_streams,
     )  # fmt: skip
     model = ReformerLM(cfg)
 
@@ -93,7 +96,7 @@ def build_reformer_lab(size: ModelSize, seq: int, ff_chunks: int | None = None) 
     return Built(model, loss, f"reformer-lab {reformer_lab.__version__}", settings)
 
 
-def build_reformer_lab_graph(size: ModelSize, seq: int) -> Built:
+def build_reformer_lab_graph(size: ModelSize, seq: int, offload_streams: bool = False) -> Built:
     """reformer-lab's step captured once as a CUDA graph and replayed (`CapturedTrainingStep`):
     the same model, kernels and rotations, without the host's launches between kernels.
 
@@ -103,7 +106,8 @@ def build_reformer_lab_graph(size: ModelSize, seq: int) -> Built:
     from reformer_lab.kernels import rounds
 
     rounds.ACCUMULATOR_BYTES = REFORMER_LAB_GRAPH_ACCUMULATOR_BYTES  # this run's process only
-    built = build_reformer_lab(size, seq, ff_chunks=max(1, seq // REFORMER_LAB_GRAPH_FF_POSITIONS))
+    ff_chunks = max(1, seq // REFORMER_LAB_GRAPH_FF_POSITIONS)
+    built = build_reformer_lab(size, seq, ff_chunks=ff_chunks, offload_streams=offload_streams)
     built.settings["accumulator_mib"] = REFORMER_LAB_GRAPH_ACCUMULATOR_BYTES >> 20
     captured = {}
 
@@ -117,6 +121,14 @@ def build_reformer_lab_graph(size: ModelSize, seq: int) -> Built:
 
     built.step = step
     built.settings["cuda_graph"] = True
+    return built
+
+
+def build_reformer_lab_offload(size: ModelSize, seq: int) -> Built:
+    """reformer-lab-graph with `offload_streams`: the four fp32 residual-stream buffers in
+    page-locked host memory (`host_stream_gb` of it, recorded), a chunk at a time on the GPU."""
+    built = build_reformer_lab_graph(size, seq, offload_streams=True)
+    built.settings["host_stream_gb"] = 4 * seq * size.dim * 4 / 1e9  # Y1, Y2, dY1, dY2 in fp32
     return built
 
 
@@ -189,6 +201,7 @@ def build_full(size: ModelSize, seq: int, checkpoint_blocks: bool = False) -> Bu
 BUILDERS: dict[str, Callable[[ModelSize, int], Built]] = {
     "reformer-lab": build_reformer_lab,
     "reformer-lab-graph": build_reformer_lab_graph,
+    "reformer-lab-offload": build_reformer_lab_offload,
     "hf": build_hf,
     "lucidrains": build_lucidrains,
     "full": build_full,

@@ -44,7 +44,7 @@ def markdown(
         "Forward + backward of a causal byte-level LM, batch 1, bf16 autocast, one warm-up step, "
         "then the median of >= 3 timed steps (CUDA events; host clock in the CPU test mode). "
         "Peak GB = `torch.cuda.max_memory_allocated()` over the timed steps / 1e9 (for "
-        "reformer-lab-graph, whose replays allocate nothing the allocator sees, over the "
+        "reformer-lab-graph and -offload, whose replays allocate nothing the allocator sees, over the "
         "warm-up's eager step and capture too); tok/s = "
         "length / median step time. OOM = out of memory; 'skipped' lengths follow an OOM, a "
         "timeout or an error at a shorter length.",

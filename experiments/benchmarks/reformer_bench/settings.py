@@ -38,6 +38,7 @@ SEQ_LENGTHS: tuple[int, ...] = (4096, 16384, 65536, 262144, 1048576)  # 4K ... 1
 IMPLS: tuple[str, ...] = (
     "reformer-lab",
     "reformer-lab-graph",
+    "reformer-lab-offload",
     "full-ckpt",
     "full",
     "hf",
