@@ -120,11 +120,11 @@ class _Streams:
         self.grads: dict[int, Tensor] = {}
 
     # --- the pieces --------------------------------------------------------------------
-    def _load(self, name: str, s: slice, device: torch.device) -> Tensor:
-        return host_streams.load(self.host[name], s, device)
-
-    def _store(self, name: str, s: slice, chunk: Tensor) -> None:
-        host_streams.store(self.host[name], s, chunk)
+    def _pass(self, *loads: str) -> host_streams.ChunkPass:
+        """A pass over the chunks with the named host buffers loaded at each."""
+        return host_streams.ChunkPass(
+            self.model.host_streams, self.host, self.chunks, loads, self.tokens.device
+        )
 
     def _add_grads(self, params, grads) -> None:
         for p, g in zip(params, grads):
@@ -262,27 +262,28 @@ class _Streams:
         for i, layer in enumerate(self.layers):
             self._attend(layer, qkv, out, self.plans[i])
             above = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            for s in self.chunks:
+            chunks = self._pass() if i == 0 else self._pass("y1", "y2")
+            for s, loaded in chunks:
                 if i == 0:  # X1 = X2 = the embedding
                     y1 = self.model.embed_chunk(self.tokens, s)
                     y2 = y1.clone()
                 else:
-                    y1, y2 = self._load("y1", s, device), self._load("y2", s, device)
+                    y1, y2 = loaded["y1"], loaded["y2"]
                 self._project_into(layer, y1, out[:, s], 1)
                 layer.g.add_into(y2, y1)
-                self._store("y1", s, y1)
-                self._store("y2", s, y2)
+                chunks.store("y1", s, y1)
+                chunks.store("y2", s, y2)
                 if above is not None:
                     qkv[:, s] = self._project(above, y2)
-                    continue
-                for p, c in self._loss_slices(s):
-                    part, hits = chunk_loss(
-                        y1[:, c], y2[:, c], self.targets[:, p], self.norm, self.head,
-                        self.cfg.backend, self.ignore_index,
-                    )  # fmt: skip
-                    total += part
-                    correct += hits
-                del y1, y2
+                else:
+                    for p, c in self._loss_slices(s):
+                        part, hits = chunk_loss(
+                            y1[:, c], y2[:, c], self.targets[:, p], self.norm, self.head,
+                            self.cfg.backend, self.ignore_index,
+                        )  # fmt: skip
+                        total += part
+                        correct += hits
+                del y1, y2, loaded
         return total, correct
 
     def backward(self, grad_total: Tensor, autocast: tuple[bool, torch.dtype]) -> None:
@@ -295,8 +296,9 @@ class _Streams:
                           dtype=dt, device=device)  # fmt: skip
         od = torch.empty(B, L, attn.heads * attn.head_dim, dtype=dt, device=device)  # dO, O
         head_params = [*self.norm.parameters(), *self.head.parameters()]
-        for s in self.chunks:  # the loss, then the top layer's first step
-            y1, y2 = self._load("y1", s, device), self._load("y2", s, device)
+        chunks = self._pass("y1", "y2")
+        for s, loaded in chunks:  # the loss, then the top layer's first step
+            y1, y2 = loaded["y1"], loaded["y2"]
             dy1, dy2 = torch.zeros_like(y1), torch.zeros_like(y2)  # padding gets 0
             for p, c in self._loss_slices(s):
                 grads = chunk_loss_backward(
@@ -307,31 +309,32 @@ class _Streams:
             self._ff_backward(top, y1, y2, dy1, dy2)
             qkv[:, s] = self._project(top, y2)
             od[:, s] = self._output_gradient(top, dy1)
-            self._store("y2", s, y2)
-            self._store("dy1", s, dy1)
-            self._store("dy2", s, dy2)
-            del y1, y2, dy1, dy2
+            chunks.store("y2", s, y2)
+            chunks.store("dy1", s, dy1)
+            chunks.store("dy2", s, dy2)
+            del y1, y2, dy1, dy2, loaded
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
             self._attend_backward(layer, qkv, od, self.plans[i])  # od: dO -> O; qkv -> dqkv
             self.plans[i] = {}
             below = self.layers[i - 1] if i > 0 else None
-            for s in self.chunks:
-                x2 = self._load("y2", s, device)
-                dy1, dy2 = self._load("dy1", s, device), self._load("dy2", s, device)
+            chunks = self._pass("y2", "dy1", "dy2", *(("y1",) if below is not None else ()))
+            for s, loaded in chunks:
+                x2, dy1, dy2 = loaded["y2"], loaded["dy1"], loaded["dy2"]
                 self._output_side_grads(layer, od[:, s], dy1)
                 self._input_side_backward(layer, x2, dy2, qkv[:, s])  # dy2 is now dX2
                 if below is None:
                     self._embedding_backward(s, dy1 + dy2)
+                    del x2, dy1, dy2, loaded
                     continue
-                y1 = self._load("y1", s, device)
+                y1 = loaded["y1"]
                 self._project_into(layer, y1, od[:, s], -1)  # y1 is now X1: the layer below's Y1
                 self._ff_backward(below, y1, x2, dy1, dy2)
                 # The chunk's O and dqkv are used: the layer below's dO and qkv take their place.
                 qkv[:, s] = self._project(below, x2)
                 od[:, s] = self._output_gradient(below, dy1)
-                self._store("y1", s, y1)
-                self._store("y2", s, x2)
-                self._store("dy1", s, dy1)
-                self._store("dy2", s, dy2)
-                del y1, x2, dy1, dy2
+                chunks.store("y1", s, y1)
+                chunks.store("y2", s, x2)
+                chunks.store("dy1", s, dy1)
+                chunks.store("dy2", s, dy2)
+                del y1, x2, dy1, dy2, loaded
