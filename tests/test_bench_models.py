@@ -95,6 +95,22 @@ def test_reformer_lab_graph_is_the_same_model_with_memory_sized_chunks_and_needs
         built.step(random_tokens(65))
 
 
+def test_reformer_lab_offload_is_the_graph_build_with_the_streams_in_host_memory(
+    monkeypatch,
+) -> None:
+    from reformer_lab.kernels import rounds
+
+    monkeypatch.setattr(rounds, "ACCUMULATOR_BYTES", rounds.ACCUMULATOR_BYTES)  # restored after
+    built = BUILDERS["reformer-lab-offload"](TINY, 65536)
+    graph = BUILDERS["reformer-lab-graph"](TINY, 65536)
+    assert built.model.cfg.offload_streams and not graph.model.cfg.offload_streams
+    assert built.settings["offload_streams"] and built.settings["cuda_graph"]
+    assert built.settings["host_stream_gb"] == 4 * 65536 * TINY.dim * 4 / 1e9
+    assert {k: v for k, v in built.settings.items() if k not in ("offload_streams",
+            "host_stream_gb")} == {k: v for k, v in graph.settings.items()
+                                   if k != "offload_streams"}  # fmt: skip
+
+
 def test_reformer_lab_loss_predicts_the_next_token() -> None:
     torch.manual_seed(0)
     built = BUILDERS["reformer-lab"](TINY, 64)
