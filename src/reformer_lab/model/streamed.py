@@ -11,7 +11,7 @@ and the attention proper, which needs every position. So each layer is one pass 
 chunks plus one attention call, and the passes of neighbouring layers share their chunks:
 
 forward, layer i (qkv = LN(X2) [W_q; W_k; W_v]^T formed by the pass before):
-    O = Attn(qkv_i)                                   on the device, whole; hashing kept
+    O = Attn(qkv)                                     on the device, whole; hashing kept
     per chunk: load X1, X2;  Y1 = X1 + O W_o^T + b_o;  Y2 = X2 + G(Y1);  store Y1, Y2;
                qkv_{i+1} = LN(Y2) [...]^T   (after the last layer: the chunk's loss)
 
@@ -22,14 +22,14 @@ backward, top down (dY = the loss's gradient, formed chunk by chunk in the first
                dX2 = dY2 + (LN and projection backward of dqkv, recomputing LN(X2))
                and, in the same chunk, the layer below's first step (X2' = X2 - G'(X1), ...)
 
-So the host link carries, per layer and pass, at most four chunk loads and four stores; the
-forward's first pass reads the embedding on the device and the backward's last writes the
-embedding's gradient there. Two (B, L, ...) device buffers serve every layer: qkv (which the
+So the host link carries, per layer and pass, at most four chunk loads and four stores (on
+CUDA beside the compute: `host_streams.ChunkPass`); the forward's first pass forms the
+embedding on the device and the backward's last differentiates it there. Two (B, L, ...) device buffers serve every layer: qkv (which the
 attention's backward turns into dqkv, and the next pass into the layer below's qkv) and O
 (in the backward dO first, which the attention's backward turns into O, and the next pass
-into the layer below's dO). Numerically it is the same network as `reversible.py` (same recomputation,
-same hashing kept from the forward); the sums differ in order (per-chunk parameter
-gradients, per-chunk loss). Not supported: active dropout (its masks are not replayed here;
+into the layer below's dO). Numerically it is the same network as `reversible.py` (same
+recomputation, same hashing kept from the forward); the sums differ in order (per-chunk
+parameter gradients, per-chunk loss). Not supported: active dropout (its masks are not replayed here;
 `ReformerConfig` refuses the combination).
 """
 
@@ -61,7 +61,8 @@ def streamed_loss(
     """(summed cross-entropy fp32, correct argmax predictions int64) of targets (B, N) after
     `model` (a `ReformerLM`) on tokens (B, N) padded to length L, with the streams in host
     memory; differentiable w.r.t. every parameter of the model. The embedding, too, is formed
-    and differentiated a chunk at a time, so no (B, L, dim) tensor is ever on the device."""
+    and differentiated a chunk at a time, so no (B, L, dim) tensor of the streams' dtype is
+    ever on the device."""
     run = _Streams(model, tokens, L, key_valid, targets, n_hashes, ignore_index)
     return _StreamedLoss.apply(run, *run.params)
 
@@ -220,10 +221,15 @@ class _Streams:
         db = column_sums(g).to(to_out.bias.dtype)
         self._add_grads([to_out.weight, to_out.bias], [dw, db])
 
-    def _ff_backward(self, layer, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor) -> None:
-        """X2 = Y2 - G(Y1) into y2 and dY1 += dG/dY1^T dY2 into dy1, for a chunk."""
+    def _first_backward_step(self, layer, s: slice, y1, y2, dy1, dy2, qkv, od) -> None:
+        """A layer's backward up to its attention, for chunk s of its outputs and their
+        gradients (B, l, dim) each: X2 = Y2 - G(Y1) into y2 and dY1 += dG/dY1^T dY2 into dy1
+        (G's parameter gradients kept); then the attention's input qkv = LN(X2) [...]^T and
+        output gradient dO = dY1 W_o into chunk s of qkv and od."""
         grads = layer.g.recompute_backward(y1, dy2, y=y2, dx=dy1)
         self._add_grads(list(layer.g.parameters()), grads)
+        qkv[:, s] = self._project(layer, y2)
+        od[:, s] = self._output_gradient(layer, dy1)
 
     def _embedding_backward(self, s: slice, dx: Tensor) -> None:
         """The embedding's parameter gradients from dX1 + dX2 at chunk s (B, l, dim)."""
@@ -306,9 +312,7 @@ class _Streams:
                     self.norm, self.head, self.cfg.backend, self.ignore_index, autocast=autocast,
                 )  # fmt: skip
                 self._add_grads(head_params, grads)
-            self._ff_backward(top, y1, y2, dy1, dy2)
-            qkv[:, s] = self._project(top, y2)
-            od[:, s] = self._output_gradient(top, dy1)
+            self._first_backward_step(top, s, y1, y2, dy1, dy2, qkv, od)
             chunks.store("y2", s, y2)
             chunks.store("dy1", s, dy1)
             chunks.store("dy2", s, dy2)
@@ -329,10 +333,8 @@ class _Streams:
                     continue
                 y1 = loaded["y1"]
                 self._project_into(layer, y1, od[:, s], -1)  # y1 is now X1: the layer below's Y1
-                self._ff_backward(below, y1, x2, dy1, dy2)
                 # The chunk's O and dqkv are used: the layer below's dO and qkv take their place.
-                qkv[:, s] = self._project(below, x2)
-                od[:, s] = self._output_gradient(below, dy1)
+                self._first_backward_step(below, s, y1, x2, dy1, dy2, qkv, od)
                 chunks.store("y1", s, y1)
                 chunks.store("y2", s, x2)
                 chunks.store("dy1", s, dy1)
