@@ -64,11 +64,21 @@ class HostStreams:
 
 def load(host: Tensor, s: slice, device: torch.device) -> Tensor:
     """A new device tensor holding host[:, s]: (B, l, dim), one contiguous copy per batch row."""
-    B, _, dim = host.shape
-    out = torch.empty((B, s.stop - s.start, dim), dtype=host.dtype, device=device)
-    for b in range(B):
-        out[b].copy_(host[b, s], non_blocking=True)
+    out = empty_chunk(host, s, device)
+    copy_in(out, host, s)
     return out
+
+
+def empty_chunk(host: Tensor, s: slice, device: torch.device) -> Tensor:
+    """An empty device tensor for host[:, s]: (B, l, dim)."""
+    B, _, dim = host.shape
+    return torch.empty((B, s.stop - s.start, dim), dtype=host.dtype, device=device)
+
+
+def copy_in(out: Tensor, host: Tensor, s: slice) -> None:
+    """out = host[:, s], on the current stream, one contiguous copy per batch row."""
+    for b in range(host.shape[0]):
+        out[b].copy_(host[b, s], non_blocking=True)
 
 
 def store(host: Tensor, s: slice, chunk: Tensor) -> None:
@@ -129,17 +139,11 @@ class ChunkPass:
     def _prefetch(self, s: slice) -> tuple[dict[str, Tensor], object]:
         """Chunk s's loads, issued on the load stream after the main stream's work so far
         (their memory comes from the main stream's allocator); returns them and their event."""
-        B, _, dim = self.host[self.loads[0]].shape if self.loads else (0, 0, 0)
-        chunk = {
-            name: torch.empty((B, s.stop - s.start, dim), dtype=self.host[name].dtype,
-                              device=self.device)
-            for name in self.loads
-        }  # fmt: skip
+        chunk = {name: empty_chunk(self.host[name], s, self.device) for name in self.loads}
         self.load_stream.wait_stream(self.main)
         with torch.cuda.stream(self.load_stream):
             for name, t in chunk.items():
-                for b in range(B):
-                    t[b].copy_(self.host[name][b, s], non_blocking=True)
+                copy_in(t, self.host[name], s)
         return chunk, self.load_stream.record_event()
 
     def store(self, name: str, s: slice, chunk: Tensor) -> None:
