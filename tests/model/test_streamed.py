@@ -6,6 +6,9 @@ a whole (B, L, dim) tensor of the streams' dtype on the device."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -106,6 +109,9 @@ def test_host_buffers_hold_the_streams_and_are_reused():
     (again,) = offloaded.host_streams._sets.values()
     assert [t.data_ptr() for t in again.values()] == pointers  # the same memory every step
     assert offloaded.host_streams.nbytes == 4 * 2 * 40 * 16 * 8
+    copied = copy.deepcopy(offloaded)  # scratch space is not copied or pickled
+    assert copied.host_streams.nbytes == 0 and copied.host_streams is not offloaded.host_streams
+    assert pickle.loads(pickle.dumps(offloaded)).host_streams.nbytes == 0
     offloaded.host_streams.release()
     assert offloaded.host_streams.nbytes == 0
 

@@ -32,6 +32,17 @@ class HostStreams:
         self._sets: dict[tuple, dict[str, Tensor]] = {}
         self._copy_streams: dict[torch.device, tuple] = {}
 
+    def __deepcopy__(self, memo: dict) -> HostStreams:
+        """A copied model gets buffers of its own, made at its first call (these are scratch
+        space, and CUDA streams cannot be copied)."""
+        return HostStreams()
+
+    def __getstate__(self) -> dict:
+        return {}  # pickled (torch.save of a model): the scratch space stays behind
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def buffers(
         self, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device
     ) -> dict[str, Tensor]:
