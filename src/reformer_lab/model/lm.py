@@ -174,7 +174,7 @@ class AttentionBranch(nn.Module):
         """Group `heads`' columns of O (B, L, h*d), a view."""
         if heads_out is None:
             return None
-        return heads_out[..., heads.start * self.head_dim : heads.stop * self.head_dim]
+        return self.attention.head_columns(heads_out, heads)
 
     def _concatenated(self, heads_out: Tensor | None, out: Tensor, heads: slice) -> Tensor:
         """O with group `heads`' output O_g (B, L, h*d) in its columns (copied there unless
@@ -277,7 +277,7 @@ class AttentionBranch(nn.Module):
                     into=self._columns(heads_out, heads),
                 )  # (B, L, h*d)  # fmt: skip
             w, b = self.attention.out_projection(heads)  # (dim, h*d), (dim,) or None
-            cols = w_grad[:, heads.start * self.head_dim : heads.stop * self.head_dim]
+            cols = self.attention.head_columns(w_grad, heads)
             d_out = torch.empty_like(out)  # (B, L, h*d)
             with torch.no_grad():
                 heads_out = self._concatenated(heads_out, out.detach(), heads)

@@ -162,7 +162,7 @@ class _Streams:
         """O = Attn(qkv) into out (B, L, heads*d), head group by head group; no graph."""
         attn = layer.f.attention
         for heads in self._groups(layer):
-            cols = self._columns(attn, out, heads)
+            cols = attn.head_columns(out, heads)
             o = attn.attend_heads(
                 *attn.projected_columns(qkv, heads), self.key_valid,
                 n_hashes=self.n_hashes, plan=plan, heads=heads, into=cols,
@@ -182,7 +182,7 @@ class _Streams:
             leaves = [c.detach().requires_grad_() for c in cols]
             q, v = leaves[0], leaves[-1]
             k = leaves[1] if len(leaves) == 3 else None
-            od_cols = self._columns(attn, od, heads)  # dO of the group, then its O
+            od_cols = attn.head_columns(od, heads)  # dO of the group, then its O
             with torch.enable_grad():
                 o = attn.attend_heads(
                     q, k, v, self.key_valid, n_hashes=self.n_hashes, plan=plan, heads=heads,
@@ -194,12 +194,6 @@ class _Streams:
                 del o, leaves
                 _copy_each(cols, grads)
             del grads
-
-    @staticmethod
-    def _columns(attn, t: Tensor, heads: slice) -> Tensor:
-        """Heads `heads`' columns of a (B, L, heads*d) tensor, a view."""
-        d = attn.head_dim
-        return t[..., heads.start * d : heads.stop * d]
 
     def _input_side_backward(self, layer, x2: Tensor, dx2: Tensor, dqkv: Tensor) -> None:
         """The attention branch's LN and q/k/v projection differentiated against dqkv for a

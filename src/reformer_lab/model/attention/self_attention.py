@@ -125,19 +125,22 @@ class SelfAttention(nn.Module):
         keys = [] if self.to_k is None else [self.to_k.weight]
         return [self.to_q.weight, *keys, self.to_v.weight]
 
+    def head_columns(self, t: Tensor, heads: slice) -> Tensor:
+        """Heads `heads`' columns of a (..., heads*d) tensor (their outputs, say), a view."""
+        return t[..., heads.start * self.head_dim : heads.stop * self.head_dim]
+
     def projected_columns(self, qkv: Tensor, heads: slice) -> tuple[Tensor, Tensor | None, Tensor]:
         """Heads `heads`' queries, keys (None with shared QK) and values as column views of
         qkv (B, L, n * heads*d), the output of the `projection_weights` concatenated."""
-        inner, d = self.heads * self.head_dim, self.head_dim
-        a, b = heads.start * d, heads.stop * d
-        parts = [qkv[..., i * inner + a : i * inner + b] for i in range(qkv.shape[-1] // inner)]
+        parts = [
+            self.head_columns(part, heads) for part in qkv.split(self.heads * self.head_dim, -1)
+        ]
         return parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
 
     def out_projection(self, heads: slice) -> tuple[Tensor, Tensor | None]:
         """The output projection's columns for heads `heads` (dim, h*d), and its bias for the
         group of head 0 (None otherwise)."""
-        d = self.head_dim
-        w_out = self.to_out.weight[:, heads.start * d : heads.stop * d]  # (dim, h*d)
+        w_out = self.head_columns(self.to_out.weight, heads)  # (dim, h*d)
         return w_out, self.to_out.bias if heads.start == 0 else None
 
     def forward(
