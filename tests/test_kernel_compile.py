@@ -38,6 +38,9 @@ for C, d in ((64, 64), (16, 16)):
                 name, C, d, torch.bfloat16, cfg, has_buckets=buckets
             )
             results[f"{name} C={C} d={d} buckets={buckets}"] = r | {"warps": cfg.num_warps}
+    for buckets in (False, True):
+        r = resources.round_backward_resources(C, d, torch.bfloat16, configs.bwd, has_buckets=buckets)
+        results[f"round_bwd C={C} d={d} buckets={buckets}"] = r | {"warps": configs.bwd.num_warps}
 # A launch shape known to spill (dk/dv: 128 keys x 64 queries on 4 warps): the probe must see it.
 results["spilling"] = resources.kernel_resources("dkdv", 64, 64, torch.bfloat16, tc.TileConfig(128, 64, 4, 2))
 print(json.dumps(results))
@@ -57,9 +60,14 @@ def test_default_launch_shapes_compile_for_sm90_without_spills():
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     assert results.pop("spilling")["stack"] > 0
-    assert len(results) == 2 * (3 + 3 * 2)
+    assert len(results) == 2 * (3 + 3 * 2 + 2)
     for label, r in results.items():
-        assert r["stack"] == 0, f"{label} spills registers: {r}"
+        # The one-launch round backward at base's shape (C = d = 64: 4 warps, one chunk a
+        # run) spills ~150 bytes a thread and still beat every shape that does not
+        # (experiments/perf/results/2026-12-06-h100-session11-round-backward-sweep.log):
+        # a bound on it, not zero.
+        allowed = 256 if label.startswith("round_bwd C=64") else 0
+        assert r["stack"] <= allowed, f"{label} spills registers: {r}"
         if r["warps"] >= 4:
             assert r["hgmma"] > 0, f"{label} has no HGMMA (wgmma) instructions: {r}"
         else:

@@ -12,6 +12,8 @@ triton is first imported; see test_kernel_triton.py for the fresh-process fallba
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -22,6 +24,7 @@ from tests.kernel_interpreter import DEVICE, ON_GPU, READY, in_process, interpre
 from reformer_lab.kernels import interpreting, lsh_rounds_backward, lsh_rounds_forward
 from reformer_lab.kernels import triton_chunked as tc
 from reformer_lab.kernels import triton_rounds as tr
+from reformer_lab.kernels.rounds import default_round_configs
 from reformer_lab.model.attention import lsh_rounds
 from reformer_lab.model.attention.lsh_rounds import HashRounds, merge_rounds
 from tests.interpreter_rerun import rerun_in_fresh_process
@@ -131,21 +134,36 @@ def test_forward_and_backward_match_torch_rounds(
         assert g.dtype == x.dtype and g.stride() == torch.empty_like(x).stride()
 
 
+SHARED_QK_CASES = [  # (B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row)
+    (1, 2, 64, 16, 16, 3, True, 0.7, True, torch.float32, False),
+    (2, 1, 64, 16, 32, 2, False, None, False, torch.float32, True),  # |x| < eps: clamped
+    (1, 2, 96, 32, 16, 1, True, 0.8, False, torch.float32, False),  # one round
+    (1, 2, 128, 32, 64, 2, True, 0.8, True, torch.bfloat16, False),
+]
+# The one-launch backward (`triton_round_backward`), forced at several spans: runs that end
+# past the head's last chunk (5 chunks in runs of 2 or 4; 3 in runs of 2), one chunk a run,
+# and a head in a single run.
+ONE_LAUNCH_CASES = [
+    (*SHARED_QK_CASES[0][:-1], False, 2),  # L = 4 chunks: runs of 2
+    (*SHARED_QK_CASES[1], 3),  # 4 chunks in runs of 3: the second run overhangs
+    (*SHARED_QK_CASES[2], 2),  # 3 chunks, R = 1: the gradients written directly
+    (*SHARED_QK_CASES[3], 4),  # bf16, 4 chunks in one run
+    (1, 1, 80, 16, 16, 2, True, None, False, torch.bfloat16, False, 1),  # 5 chunks, 1 a run
+    (2, 1, 80, 16, 16, 3, False, 0.6, True, torch.float32, False, 4),  # 5 in runs of 4
+]
+
+
 @in_process
 @pytest.mark.parametrize(
-    "B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row",
-    [
-        (1, 2, 64, 16, 16, 3, True, 0.7, True, torch.float32, False),
-        (2, 1, 64, 16, 32, 2, False, None, False, torch.float32, True),  # |x| < eps: clamped
-        (1, 2, 96, 32, 16, 1, True, 0.8, False, torch.float32, False),  # one round
-        (1, 2, 128, 32, 64, 2, True, 0.8, True, torch.bfloat16, False),
-    ],
+    "B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row, span",
+    [(*case, None) for case in SHARED_QK_CASES] + ONE_LAUNCH_CASES,
 )
 def test_shared_qk_keys_normalised_in_the_kernels(
-    B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row
+    B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row, span
 ):
     """k = None: the kernels form the keys q / max(|q|, 1e-6) themselves and fold the keys'
-    gradient into dq. Oracle: normalize_keys(q) in fp32, autograd through merge_rounds."""
+    gradient into dq. Oracle: normalize_keys(q) in fp32, autograd through merge_rounds.
+    span None: the dk/dv and dq launches; else the one-launch backward, `span` chunks a run."""
     from reformer_lab.model.attention.chunked import normalize_keys
 
     rounds = _rounds(B, H, L, C, R, causal=causal, valid_frac=valid_frac, use_buckets=buckets)
@@ -159,9 +177,19 @@ def test_shared_qk_keys_normalised_in_the_kernels(
 
     order, options = _kernel_arguments(rounds, d**-0.5)
     q, v = q.to(DEVICE), v.to(DEVICE)
+    default = default_round_configs(C, d, dtype)
+    one_launch = None if span is None else tc.RunConfig(span=span)
+    configs = tc.KernelConfigs(default.fwd, default.dkdv, default.dq, one_launch)
     out, lse, stats = lsh_rounds_forward(q, None, v, order, stats=True, **options)
-    dq, dk, dv = lsh_rounds_backward(
-        q, None, v, order, out=out, lse=lse, stats=stats, dout=dout.to(DEVICE), **options
+    launches = _count_launches(
+        lambda: lsh_rounds_backward(
+            q, None, v, order, out=out, lse=lse, stats=stats, dout=dout.to(DEVICE),
+            configs=configs, **options,
+        )
+    )  # fmt: skip
+    dq, dk, dv = launches.pop("result")
+    assert launches == (
+        {"_round_bwd_kernel": R} if span else {"_round_dkdv_kernel": R, "_round_dq_kernel": R}
     )
     assert dk is None and dq.stride() == q.stride() and dq.dtype == dtype
     errors = {
@@ -173,6 +201,32 @@ def test_shared_qk_keys_normalised_in_the_kernels(
         errors["dq tiny row"] = _relative_error(dq[0, 0, 5], q_ref.grad[0, 0, 5])
     bad = {name: e for name, e in errors.items() if not e < TOLERANCE[dtype]}
     assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad} (all: {errors})"
+
+
+def _count_launches(call) -> dict:
+    """Runs call(), counting the launches of each round-backward kernel; 'result': its value."""
+    import reformer_lab.kernels.triton_round_backward as trb
+
+    counts = {}
+    kernels = [(tr, "_round_dkdv_kernel"), (tr, "_round_dq_kernel"), (trb, "_round_bwd_kernel")]
+    originals = [getattr(module, name) for module, name in kernels]
+
+    class Counting:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            counts[self.name] = counts.get(self.name, 0) + 1
+            return self.kernel[grid]
+
+    try:
+        for (module, name), kernel in zip(kernels, originals):
+            setattr(module, name, Counting(name, kernel))
+        counts["result"] = call()
+    finally:
+        for (module, name), kernel in zip(kernels, originals):
+            setattr(module, name, kernel)
+    return counts
 
 
 @in_process
@@ -207,6 +261,39 @@ def test_every_position_written_by_each_round():
             grads=grads if r == R - 1 else None, configs=configs, **opts,
         )  # fmt: skip
         assert all(torch.isfinite(t).all() for t in accumulators)
+    assert all(torch.isfinite(t).all() for t in grads)
+
+
+@in_process
+@pytest.mark.parametrize("R", [1, 2])
+def test_one_launch_backward_writes_every_position_each_round(R):
+    """NaN-poisoned accumulators and gradients: the one-launch backward's round 0 writes every
+    position of both accumulators, the last round every gradient element (5 chunks in runs
+    of 2: the last run ends past the head's last chunk)."""
+    import reformer_lab.kernels.triton_round_backward as trb
+
+    B, H, L, C, d = 1, 2, 80, 16, 16
+    rounds = _rounds(B, H, L, C, R, causal=True, valid_frac=0.8, use_buckets=True)
+    x, v = (_heads(B, H, L, d, torch.float32, "blhd").to(DEVICE) for _ in range(2))
+    order, valid = rounds.order.to(DEVICE), rounds.key_valid.to(DEVICE).view(torch.uint8)
+    buckets = rounds.buckets.to(DEVICE)
+    opts = dict(chunk_size=C, scale=0.25, causal=True, interpret=interpreting())
+    out, lse, stats = lsh_rounds_forward(
+        x, None, v, order, stats=True, key_valid=rounds.key_valid.to(DEVICE), buckets=buckets,
+        **{k: opts[k] for k in ("chunk_size", "scale", "causal")},
+    )  # fmt: skip
+    nan = lambda: torch.full((B, H, L, d), float("nan"), device=DEVICE)  # noqa: E731
+    grads, accumulators = (nan(), nan()), (nan(), nan())
+    dout = torch.randn_like(out)
+    for r in range(R):
+        trb.launch_round_backward_fused(
+            x, v, order, valid, buckets, r, stats=stats, lse=lse,
+            lse_total=torch.log_softmax(lse, dim=2), grad_dot=tr.launch_row_dot(dout, out),
+            dout=dout, accumulators=grads if R == 1 else accumulators,
+            grads=grads if r == R - 1 else None, config=tc.RunConfig(span=2), **opts,
+        )  # fmt: skip
+        if r < R - 1:
+            assert all(torch.isfinite(t).all() for t in accumulators)
     assert all(torch.isfinite(t).all() for t in grads)
 
 
@@ -303,12 +390,14 @@ def test_rounds_write_into_a_given_buffer(monkeypatch, fused):
 
 
 @in_process
-@pytest.mark.parametrize("attn_chunks", [1, 2])
-def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_chunks):
+@pytest.mark.parametrize("attn_chunks, one_launch", [(1, False), (2, False), (2, True)])
+def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_chunks, one_launch):
     """The whole model, shared QK (keys formed in the kernels), reversible, 2 layers, the heads
     in one group or two (which write into one tensor of all heads): the same loss and
     parameter gradients with the fused kernels (rounds, LayerNorm, hashing, stream updates) as with the torch
-    backend."""
+    backend. one_launch: the rounds' backward by the one-launch kernel (in fp32 here, where
+    the default takes the dk/dv and dq launches)."""
+    from reformer_lab.kernels import rounds as kernel_rounds
     from reformer_lab.model import (
         ReformerConfig,
         ReformerLM,
@@ -338,6 +427,13 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
     monkeypatch.setattr(
         joint_projection, "column_blocks_of_one", lambda g: joined.append(whole(g)) or joined[-1]
     )
+    if one_launch:
+        defaults = kernel_rounds.default_round_configs
+        monkeypatch.setattr(
+            kernel_rounds,
+            "default_round_configs",
+            lambda *shape: dataclasses.replace(defaults(*shape), bwd=tc.RunConfig(span=2)),
+        )
     tokens = torch.randint(0, 32, (2, 65), device=DEVICE)
     results = {}
     for backend in ("torch", "triton"):
@@ -348,10 +444,17 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
             n_hashes=2, dropout=0.0, backend=backend, attn_chunks=attn_chunks,
         )  # fmt: skip
         model = ReformerLM(cfg).to(DEVICE)
-        loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
-        loss.backward()
+
+        def step(model=model):
+            loss = model.loss(tokens[:, :-1], tokens[:, 1:]).loss
+            loss.backward()
+            return loss.detach()
+
+        launches = _count_launches(step)
+        loss = launches.pop("result")
         results[backend] = [loss.detach(), *(p.grad for p in model.parameters())]
-    # 2 layers (x groups): the triton run fused them
+    # 2 layers (x groups), 2 rounds: the triton run fused them
+    assert launches.get("_round_bwd_kernel", 0) == (2 * attn_chunks * 2 if one_launch else 0)
     assert calls["hash"] == 2 * attn_chunks and calls["norm"] >= 2 * 4
     assert calls["stream"] >= 2 * 4  # each branch's update, forward and recomputation
     assert len(joined) == 2 * attn_chunks and all(g is not None for g in joined)  # triton's

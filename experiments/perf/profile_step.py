@@ -160,6 +160,12 @@ def main() -> None:
         help="offload_streams=True: the residual streams in host memory (streamed.py)",
     )
     parser.add_argument(
+        "--round-bwd",
+        default=None,
+        help="the shared-QK rounds' backward: 'off' (dk/dv and dq launches) or 'SPAN,WARPS,STAGES'"
+        " of the one-launch kernel (kernels.rounds.ONE_LAUNCH_BACKWARD for d = C = 64 and 16)",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="also print the top CUDA kernels of one step (torch.profiler)",
@@ -169,6 +175,12 @@ def main() -> None:
         from reformer_lab.kernels import rounds
 
         rounds.ACCUMULATOR_BYTES = args.acc_mib << 20
+    if args.round_bwd is not None:
+        from reformer_lab.kernels import rounds
+
+        shape = None if args.round_bwd == "off" else tuple(map(int, args.round_bwd.split(",")))
+        rounds.ONE_LAUNCH_BACKWARD.update({(64, 64): shape, (16, 16): shape})
+        print(f"# one-launch round backward: {shape}")
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     print("config  seq      backend  fwd_peak_gb  peak_gb  fwd_ms    step_ms   tok/s", flush=True)
     for config in args.config:

@@ -114,7 +114,18 @@ ROUND_KERNELS = {
     "round_dkdv": ("_round_dkdv_kernel", "dkdv", dict(FIRST=False, LAST=False)),
     "round_dq": ("_round_dq_kernel", "dq", dict(FIRST=False, LAST=False)),
 }
-ROUND_BLOCKS = ("Q", "K", "V", "OUT", "DOUT", "DQ", "DK", "DV")  # input dtype, any strides
+ROUND_BLOCKS = (
+    "Q",
+    "K",
+    "V",
+    "X",
+    "OUT",
+    "DOUT",
+    "DQ",
+    "DK",
+    "DV",
+    "DX",
+)  # input dtype, any strides
 
 
 def round_kernel_resources(
@@ -135,9 +146,37 @@ def round_kernel_resources(
     from . import triton_rounds as tr
 
     fn_name, _, extra = ROUND_KERNELS[name]
-    fn = getattr(tr, fn_name)
     consts = _constants(chunk_size, head_dim, dtype, config, causal, has_valid, has_buckets, extra)
-    consts |= {n: 1 for n in fn.arg_names if n.endswith("_sd")}  # triton specialises 1s
+    return _round_resources(getattr(tr, fn_name), consts, dtype, config, arch)
+
+
+def round_backward_resources(
+    chunk_size: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    config: tc.RunConfig,
+    *,
+    causal: bool = True,
+    has_valid: bool = True,
+    has_buckets: bool = False,
+    arch: int = 90,
+) -> dict:
+    """`round_kernel_resources` for the one-launch shared-QK round backward
+    (`triton_round_backward`) at launch shape `config`."""
+    from . import triton_round_backward as trb
+
+    consts = dict(
+        C=chunk_size, D=head_dim, SPAN=config.span, CAUSAL=causal, HAS_VALID=has_valid,
+        HAS_BUCKETS=has_buckets, FIRST=False, LAST=False, UPCAST=False,
+        FP32_ACCURATE=dtype == torch.float32,
+    )  # fmt: skip
+    return _round_resources(trb._round_bwd_kernel, consts, dtype, config, arch)
+
+
+def _round_resources(fn, consts: dict, dtype: torch.dtype, config, arch: int) -> dict:
+    """Compiles a round kernel with `consts`, its other arguments typed as the launchers pass
+    them (upper-case names: pointers, input-dtype rows for ROUND_BLOCKS, int64 order)."""
+    consts = consts | {n: 1 for n in fn.arg_names if n.endswith("_sd")}  # triton specialises 1s
     pointer = {n: f"*{TYPE_NAMES[dtype]}" for n in ROUND_BLOCKS} | {
         "ORDER": "*i64",
         "BKT": "*i64",

@@ -128,18 +128,32 @@ def default_round_configs(chunk_size: int, head_dim: int, dtype: torch.dtype):
     (checked with `resources`). The forward: 214 us a launch in base @ 64K's step on an H200
     against 229 at 64 slots (`kernel_check.py --tune-only`: 0.286 against 0.334 ms a round).
     dq stays at 32: 64 was faster alone over all 8 heads (0.340 against 0.369 ms) but slower
-    in the step, where it runs one head a launch (42 us, against 38 in session 4's trace)."""
-    from .triton_chunked import KernelConfigs, TileConfig, default_configs
+    in the step, where it runs one head a launch (42 us, against 38 in session 4's trace).
+
+    `bwd`, the one-launch backward of shared-QK rounds, where its shape was timed
+    (ONE_LAUNCH_BACKWARD); elsewhere the dk/dv and dq launches."""
+    from .triton_chunked import KernelConfigs, RunConfig, TileConfig, default_configs
 
     configs = default_configs(chunk_size, head_dim, dtype)
+    shape = None if dtype == torch.float32 else ONE_LAUNCH_BACKWARD.get((chunk_size, head_dim))
+    bwd = None if shape is None else RunConfig(*shape)
     if dtype == torch.float32 or head_dim != 64 or chunk_size < 64:
-        return configs
+        return KernelConfigs(configs.fwd, configs.dkdv, configs.dq, bwd)
     fwd, dkdv, dq = configs.fwd, configs.dkdv, configs.dq
     return KernelConfigs(
         fwd=TileConfig(tile=fwd.tile, step=32, num_warps=fwd.num_warps),
         dkdv=TileConfig(tile=dkdv.tile, step=32, num_warps=dkdv.num_warps),
         dq=dq,
+        bwd=bwd,
     )
+
+
+ONE_LAUNCH_BACKWARD = {(64, 64): (1, 4, 2), (16, 16): (8, 2, 2)}
+"""(C, d) -> (span, num_warps, num_stages) of the one-launch round backward
+(`triton_round_backward`) for 16-bit q and v: the fastest of a sweep on an H100 (one head,
+4 rounds; `experiments/perf/round_backward_sweep.py`). base (C = d = 64): 0.331 ms at 64K
+and 1.212 ms at 256K against 0.476 and 1.797 for the dk/dv and dq launches; tiny (16):
+1.61 ms at 1M against 2.31 (0.105 against 0.143 at 64K)."""
 
 
 def lsh_rounds_forward(
@@ -319,6 +333,9 @@ def _backward_heads(q, k, v, order, key_valid, buckets, *, grads, norm_keys, **r
 
     R = order.shape[2]
     dq, dk, dv = grads
+    if norm_keys and run["configs"].bwd is not None:
+        _backward_heads_fused(q, v, order, key_valid, buckets, grads=(dq, dv), **run)
+        return
     dk = dq if norm_keys else dk  # never written when the keys' gradient folds into dq
     side, run = (order, key_valid, buckets), dict(run, norm_keys=norm_keys)
     acc_k = _fp32_like(q) if R > 1 or norm_keys else dk  # norm_keys: q's accumulator
@@ -336,6 +353,21 @@ def _backward_heads(q, k, v, order, key_valid, buckets, *, grads, norm_keys, **r
         launch_round_backward(
             q, k, v, *side, r, accumulators=(acc_q, acc_q, dv),
             grads=(dq, dk, dv) if r == R - 1 else None, parts=("dq",), **run,
+        )  # fmt: skip
+
+
+def _backward_heads_fused(q, v, order, key_valid, buckets, *, grads, configs, **run) -> None:
+    """Shared-QK keys: each round's dx (queries and keys) and dv in one launch
+    (`triton_round_backward`), into two fp32 accumulators as the two-phase path keeps (none
+    at R = 1: the one round writes the gradients)."""
+    from .triton_round_backward import launch_round_backward_fused
+
+    R = order.shape[2]
+    accumulators = (_fp32_like(q), _fp32_like(v)) if R > 1 else grads
+    for r in range(R):
+        launch_round_backward_fused(
+            q, v, order, key_valid, buckets, r, accumulators=accumulators,
+            grads=grads if r == R - 1 else None, config=configs.bwd, **run,
         )  # fmt: skip
 
 

@@ -51,10 +51,23 @@ class TileConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """The one-launch round backward's shape (`triton_round_backward`): each program walks
+    `span` consecutive slot chunks of one head."""
+
+    span: int = 4
+    num_warps: int = 8
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
 class KernelConfigs:
     fwd: TileConfig
     dkdv: TileConfig
     dq: TileConfig
+    bwd: RunConfig | None = None
+    """Shared-QK rounds only: the backward in one launch a round with this shape, instead of
+    the dkdv and dq launches (None: those two)."""
 
 
 def default_configs(

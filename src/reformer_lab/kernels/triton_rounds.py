@@ -85,7 +85,7 @@ def _round_keys(
     length, x / max(|x|, 1e-6) (sec 2; `chunked.normalize_keys`).
     """
     real = (offs_n >= 0) & (offs_n < L)  # (N,)
-    k_pos = tl.load(ORDER + round_base + offs_n, mask=real, other=-1)  # (N,) positions
+    k_pos = tl.load(ORDER + round_base + offs_n, mask=real, other=-1).to(tl.int32)  # (N,)
     k = tl.load(
         K_HEAD + k_pos[:, None] * k_sl + offs_d[None, :] * k_sd, mask=real[:, None], other=0.0
     )  # (N, D)
@@ -132,7 +132,7 @@ def _round_queries(
     Returns q, do, pos, bucket, row max m, shift = log l - log w, and g.
     """
     q_in = offs_m < L  # (M,)
-    q_pos = tl.load(ORDER + round_base + offs_m, mask=q_in, other=-2)  # (M,)
+    q_pos = tl.load(ORDER + round_base + offs_m, mask=q_in, other=-2).to(tl.int32)  # (M,)
     q = tl.load(
         Q_HEAD + q_pos[:, None] * q_sl + offs_d[None, :] * q_sd, mask=q_in[:, None], other=0.0
     )  # (M, D)
