@@ -23,6 +23,7 @@ from tests.kernel_interpreter import DEVICE, ON_GPU, READY, in_process, interpre
 
 from reformer_lab.kernels import interpreting, lsh_rounds_backward, lsh_rounds_forward
 from reformer_lab.kernels import triton_chunked as tc
+from reformer_lab.kernels import triton_round_backward as trb
 from reformer_lab.kernels import triton_rounds as tr
 from reformer_lab.kernels.rounds import default_round_configs
 from reformer_lab.model.attention import lsh_rounds
@@ -31,6 +32,7 @@ from tests.interpreter_rerun import rerun_in_fresh_process
 
 tc = interpreted(tc, "_fwd_kernel")
 tr = interpreted(tr, "_round_fwd_kernel")
+trb = interpreted(trb, "_round_bwd_kernel")
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
 
 
@@ -159,7 +161,7 @@ ONE_LAUNCH_CASES = [
     [(*case, None) for case in SHARED_QK_CASES] + ONE_LAUNCH_CASES,
 )
 def test_shared_qk_keys_normalised_in_the_kernels(
-    B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row, span
+    monkeypatch, B, H, L, C, d, R, causal, valid_frac, buckets, dtype, tiny_row, span
 ):
     """k = None: the kernels form the keys q / max(|q|, 1e-6) themselves and fold the keys'
     gradient into dq. Oracle: normalize_keys(q) in fp32, autograd through merge_rounds.
@@ -179,6 +181,7 @@ def test_shared_qk_keys_normalised_in_the_kernels(
     q, v = q.to(DEVICE), v.to(DEVICE)
     default = default_round_configs(C, d, dtype)
     one_launch = None if span is None else tc.RunConfig(span=span)
+    monkeypatch.setattr(trb, "MIN_PROGRAMS", 1)  # runs of `span` chunks, however few chunks
     configs = tc.KernelConfigs(default.fwd, default.dkdv, default.dq, one_launch)
     out, lse, stats = lsh_rounds_forward(q, None, v, order, stats=True, **options)
     launches = _count_launches(
@@ -203,10 +206,19 @@ def test_shared_qk_keys_normalised_in_the_kernels(
     assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad} (all: {errors})"
 
 
+def test_one_launch_runs_shorten_to_keep_the_gpu_busy():
+    """Runs of `span` chunks halve until a launch has MIN_PROGRAMS of them (one chunk at least)."""
+    assert trb.MIN_PROGRAMS == 4096
+    tiny = 16  # chunk of tiny's rounds: 64K positions are 4096 chunks, 1M 65536
+    assert trb.run_span(8, (1 << 20) // tiny) == 8
+    assert trb.run_span(8, (1 << 18) // tiny) == 4
+    assert trb.run_span(8, (1 << 16) // tiny) == 1
+    assert trb.run_span(8, 4 * (1 << 16) // tiny) == 4  # four heads in one launch
+    assert trb.run_span(1, 7) == 1 and trb.run_span(4, 0) == 1
+
+
 def _count_launches(call) -> dict:
     """Runs call(), counting the launches of each round-backward kernel; 'result': its value."""
-    import reformer_lab.kernels.triton_round_backward as trb
-
     counts = {}
     kernels = [(tr, "_round_dkdv_kernel"), (tr, "_round_dq_kernel"), (trb, "_round_bwd_kernel")]
     originals = [getattr(module, name) for module, name in kernels]
@@ -266,12 +278,11 @@ def test_every_position_written_by_each_round():
 
 @in_process
 @pytest.mark.parametrize("R", [1, 2])
-def test_one_launch_backward_writes_every_position_each_round(R):
+def test_one_launch_backward_writes_every_position_each_round(monkeypatch, R):
     """NaN-poisoned accumulators and gradients: the one-launch backward's round 0 writes every
     position of both accumulators, the last round every gradient element (5 chunks in runs
     of 2: the last run ends past the head's last chunk)."""
-    import reformer_lab.kernels.triton_round_backward as trb
-
+    monkeypatch.setattr(trb, "MIN_PROGRAMS", 1)
     B, H, L, C, d = 1, 2, 80, 16, 16
     rounds = _rounds(B, H, L, C, R, causal=True, valid_frac=0.8, use_buckets=True)
     x, v = (_heads(B, H, L, d, torch.float32, "blhd").to(DEVICE) for _ in range(2))
@@ -428,6 +439,7 @@ def test_reformer_lm_with_fused_kernels_equals_torch_backend(monkeypatch, attn_c
         joint_projection, "column_blocks_of_one", lambda g: joined.append(whole(g)) or joined[-1]
     )
     if one_launch:
+        monkeypatch.setattr(trb, "MIN_PROGRAMS", 1)
         defaults = kernel_rounds.default_round_configs
         monkeypatch.setattr(
             kernel_rounds,

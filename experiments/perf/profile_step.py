@@ -224,6 +224,7 @@ KERNEL_KINDS = (
     ("lsh rounds fwd", ("_round_fwd",)),
     ("lsh rounds dk/dv", ("_round_dkdv",)),
     ("lsh rounds dq", ("_round_dq",)),
+    ("lsh rounds bwd (one launch)", ("_round_bwd",)),
     ("lsh row dot", ("_row_dot",)),
     ("sort", ("sort", "radix")),
     ("layer norm", ("layer_norm", "layernorm")),

@@ -218,6 +218,20 @@ def _round_bwd_kernel(
     )  # fmt: skip
 
 
+MIN_PROGRAMS = 4096
+"""Runs get shorter (down to one chunk) where `span` chunks a run would leave fewer programs
+than this: tiny's 8-chunk runs were the fastest at 1M (65K chunks) but 1-chunk runs at 64K
+(4K chunks; `experiments/perf/round_backward_sweep.py` on an H100)."""
+
+
+def run_span(span: int, chunks: int) -> int:
+    """Chunks a run: `span`, halved while the launch would have fewer than MIN_PROGRAMS runs
+    (`chunks` over all heads)."""
+    while span > 1 and chunks // span < MIN_PROGRAMS:
+        span //= 2
+    return span
+
+
 def launch_round_backward_fused(
     x: Tensor,
     v: Tensor,
@@ -250,13 +264,14 @@ def launch_round_backward_fused(
     dx, dv = grads if last else accumulators
     side = (order, order if key_valid is None else key_valid, order if buckets is None else buckets)
     n_chunks = L // chunk_size
-    _round_bwd_kernel[(triton.cdiv(n_chunks, config.span), B * H)](
+    span = run_span(config.span, n_chunks * B * H)
+    _round_bwd_kernel[(triton.cdiv(n_chunks, span), B * H)](
         x, v, *side, dout, *stats, lse, lse_total, grad_dot, dx_acc, dv_acc, dx, dv,
         *_strides(x), *_strides(v), *_strides(dout), *_strides(dx), *_strides(dv),
         H, R, L, r, scale,
         C=chunk_size,
         D=D,
-        SPAN=config.span,
+        SPAN=span,
         CAUSAL=causal,
         HAS_VALID=key_valid is not None,
         HAS_BUCKETS=buckets is not None,
