@@ -51,11 +51,16 @@ def kernels_skipped() -> Iterator[None]:
     allocated by the same Python wrappers (the kernels only write into them), so the bytes
     counted are the same, in seconds instead of the interpreter's minutes. The values computed
     are garbage."""
-    from reformer_lab.kernels import triton_hashing, triton_layer_norm, triton_rounds
+    from reformer_lab.kernels import (
+        triton_hashing,
+        triton_layer_norm,
+        triton_round_backward,
+        triton_rounds,
+    )
 
     saved = {
         (module, n): getattr(module, n)
-        for module in (triton_rounds, triton_layer_norm, triton_hashing)
+        for module in (triton_rounds, triton_round_backward, triton_layer_norm, triton_hashing)
         for n in vars(module)
         if n.startswith("_") and n.endswith("_kernel")
     }

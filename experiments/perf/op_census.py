@@ -125,9 +125,14 @@ def main() -> None:
     tokens = torch.randint(0, 256, (1, args.seq + 1))
     launches: dict[str, int] = defaultdict(int)
     with kernels_skipped():
-        from reformer_lab.kernels import triton_hashing, triton_layer_norm, triton_rounds
+        from reformer_lab.kernels import (
+            triton_hashing,
+            triton_layer_norm,
+            triton_round_backward,
+            triton_rounds,
+        )
 
-        for module in (triton_rounds, triton_layer_norm, triton_hashing):
+        for module in (triton_rounds, triton_round_backward, triton_layer_norm, triton_hashing):
             for n in vars(module):
                 if n.startswith("_") and n.endswith("_kernel"):
                     setattr(module, n, _CountingLaunch(n, launches))
