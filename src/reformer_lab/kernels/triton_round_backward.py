@@ -4,20 +4,26 @@ The two-kernel backward (`triton_rounds`: `_round_dkdv_kernel` walks the queries
 tile, `_round_dq_kernel` the keys of each query tile) forms every score block twice and
 gathers every row through `order` six times a round. With shared QK (sec 2) a slot chunk's
 keys are its own query rows normalised, k_c = x_c / |x_c|, so one program can walk a run of
-SPAN consecutive slot chunks of one head and form each block (query chunk, key chunk) once:
+SPAN consecutive slot chunks of one head, downwards, and form each block (query chunk, key
+chunk) inside the run once:
 
-    iteration c (keys: slot chunk c, from the rows x_c carried from iteration c - 1)
-        block (c+1, c): the next chunk's queries look back at these keys
-                        -> dk_c, dv_c, and dq_{c+1}'s look-back part (carried)
-        block (c, c):   the chunk against itself -> dk_c, dv_c, and dq_c completed
-        store chunk c:  dx_c = dq_c + dk_c carried back through the normalisation, dv_c
+    iteration c (from c0 + SPAN - 1 down to c0; keys: slot chunk c, its own rows x_c)
+        block (c+1, c): chunk c+1's queries look back at these keys -> dk_c, dv_c, and the
+                        look-back part of dq_{c+1}, which completes dx_{c+1}: stored
+        block (c, c):   the chunk against itself -> dk_c, dv_c complete (dv_c stored), and
+                        dq_c's own part: dx_c = dq_c + dk_c carried back through the
+                        normalisation, carried down to iteration c - 1
 
-The rows, dO and statistics of chunk c + 1, gathered for block (c+1, c), are the next
-iteration's diagonal queries and keys: each row is gathered once a round (plus one chunk a
-run), and a chunk takes 10 tile products instead of 14. A run's first chunk c0 needs its
-look-back block (c0, c0-1) for dq only; a prologue forms it (3 products), while the run
-before forms the same block for dk, dv. SPAN trades that overlap against parallelism.
-Chunk 0's look-back is virtual (k = v = 0, masked) and adds nothing, as in the two kernels.
+Chunk c's rows, dO and statistics, gathered for block (c, c), are the queries of the next
+iteration's block (c, c-1): inside a run each row is gathered once a round, and a chunk takes
+10 tile products instead of 14. Walking down, at most three fp32 (C, d) tiles are alive (dk,
+dv and one dq), against four walking up. The queries above the run (chunk c0 + SPAN) are
+gathered first: their look-back gives the top chunk's dk, dv, and their dq belongs to the run
+above. The bottom chunk's look-back block (c0, c0-1) is formed last, for its dq alone (3
+products), while the run below forms the same block for dk, dv. SPAN trades that overlap
+against parallelism; with SPAN = 1 (base's shape) a chunk takes 13 products and 7 tile
+gathers, against 14 and 12. Chunk 0's look-back is virtual (k = v = 0, masked) and adds
+nothing, as in the two kernels.
 
 Per block, queries i and keys j of the round (`triton_rounds`'s docstring derives it):
     P'_ij = w_i P_ij = exp((s_ij - m_i) - (log l_i - log w_i))
