@@ -41,7 +41,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .triton_chunked import RunConfig, _dot, _flags, _replace_scores
-from .triton_rounds import _round_keys, _round_queries, _row_norms, _store_rows, _strides
+from .triton_rounds import _round_keys, _round_queries, _row_norms, _side, _store_rows, _strides
 
 
 @triton.jit
@@ -268,11 +268,10 @@ def launch_round_backward_fused(
     last = grads is not None
     dx_acc, dv_acc = accumulators
     dx, dv = grads if last else accumulators
-    side = (order, order if key_valid is None else key_valid, order if buckets is None else buckets)
     n_chunks = L // chunk_size
     span = run_span(config.span, n_chunks * B * H)
     _round_bwd_kernel[(triton.cdiv(n_chunks, span), B * H)](
-        x, v, *side, dout, *stats, lse, lse_total, grad_dot, dx_acc, dv_acc, dx, dv,
+        x, v, *_side(order, key_valid, buckets), dout, *stats, lse, lse_total, grad_dot, dx_acc, dv_acc, dx, dv,
         *_strides(x), *_strides(v), *_strides(dout), *_strides(dx), *_strides(dv),
         H, R, L, r, scale,
         C=chunk_size,
